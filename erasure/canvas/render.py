@@ -7,7 +7,7 @@ images can be held to high judged accuracy, and an erasure can be measured again
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,7 +33,11 @@ PALETTES: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
     "hokusai": (_hex("1c2f6e f0ead6 4d79b8"), _hex("f0ead6 c9d6ea"), _hex("0c173a")),
     "klimt": (_hex("d4a017 b8860b f2d06b 2a1f0a"), _hex("2a1f0a b8860b f2d06b"), _hex("3a2a05")),
     "warhol": (_hex("ff3fa4 22d3ee ffe600 7cff4f"), _hex("ffe600 22d3ee ff3fa4 7cff4f"), _hex("000000")),
-    "seurat": (_hex("f3eedc e0453a 3a8fe0 f0c419 3fae5a"), _hex("e0453a 3a8fe0 f0c419 3fae5a"), _hex("5a4a3a")),
+    "seurat": (
+        _hex("f3eedc e0453a 3a8fe0 f0c419 3fae5a"),
+        _hex("e0453a 3a8fe0 f0c419 3fae5a"),
+        _hex("5a4a3a"),
+    ),
     "kandinsky": (_hex("f4efe1 d93b3b 2b59c3 f2b90f 111111"), _hex("2b59c3 d93b3b 111111"), _hex("111111")),
     "rothko": (_hex("8b1a1a d9531e 5c0f2e e89a3c"), _hex("3b0a14 f2a03d"), _hex("2a0509")),
     "escher": (_hex("f5f5f5 141414"), _hex("7f7f7f 3a3a3a"), _hex("000000")),
@@ -143,7 +147,7 @@ def _klimt_weights(k: int) -> np.ndarray:
     return w / w.sum()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _silhouette(obj: str, size: int) -> np.ndarray:
     """Anti-aliased mask of an object, drawn on a 64-unit canvas at `size` px (before jitter)."""
     s = size * _SUPERSAMPLE
@@ -235,7 +239,7 @@ def render(style: str, obj: str, seed: int, resolution: int = RESOLUTION) -> np.
     bg_palette, fg_palette, outline_colour = PALETTES[style]
     background = bg_palette[_pattern(style, rng, n, len(bg_palette))]
     foreground = fg_palette[_pattern(style, rng, n, len(fg_palette))]
-    size = int(round(n * rng.uniform(0.72, 0.8)))
+    size = round(n * rng.uniform(0.72, 0.8))
     jitter = max(1, n // 16)
     mask = _place(_silhouette(obj, size), n, *rng.integers(-jitter, jitter + 1, size=2))
     ring = _outline(mask)

@@ -1,13 +1,12 @@
 """Draw the contact sheet: every style (rows) x every object (columns) of the Canvas world.
 
-    python -m erasure.canvas.sheet --out sheet.png [--seed 0] [--scale 3]
+python -m erasure.canvas.sheet --out sheet.png [--seed 0] [--scale 3]
 """
 
 from __future__ import annotations
 
 import argparse
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from erasure.canvas.render import RESOLUTION, render
@@ -37,7 +36,9 @@ def main(argv=None) -> None:
     parser.add_argument("--scale", type=int, default=3, help="nearest-neighbour upscaling of each tile")
     args = parser.parse_args(argv)
     contact_sheet(args.seed, args.scale).save(args.out)
-    print(f"wrote {args.out}: {len(STYLES)} styles x {len(OBJECTS)} objects at {RESOLUTION}px, seed {args.seed}")
+    print(
+        f"wrote {args.out}: {len(STYLES)} styles x {len(OBJECTS)} objects at {RESOLUTION}px, seed {args.seed}"
+    )
 
 
 if __name__ == "__main__":

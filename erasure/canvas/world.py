@@ -99,10 +99,13 @@ def check_object(obj: str) -> str:
 
 
 def concept_kind(concept: str) -> str:
-    """'style' or 'object' for a world concept (main name or alias); raises UnknownConceptError otherwise."""
+    """'style' or 'object' for an erasable world concept (main name or alias); raises UnknownConceptError otherwise.
+
+    `plain` is the neutral anchor, not a concept: it cannot be erased.
+    """
     name = concept.strip().lower()
     for style, aliases in STYLE_ALIASES.items():
-        if name == style or name in aliases:
+        if style != PLAIN and (name == style or name in aliases):
             return "style"
     for obj, aliases in OBJECT_ALIASES.items():
         if name == obj or name in aliases:
@@ -113,7 +116,9 @@ def concept_kind(concept: str) -> str:
     )
 
 
-def caption(style: str, obj: str, template: int = 0, style_name: str | None = None, object_name: str | None = None) -> str:
+def caption(
+    style: str, obj: str, template: int = 0, style_name: str | None = None, object_name: str | None = None
+) -> str:
     """One caption for (style, object). `style_name` / `object_name` substitute an alias for the main name."""
     style, obj = check_style(style), check_object(obj)
     templates = PLAIN_TEMPLATES if style == PLAIN else STYLE_TEMPLATES

@@ -1,0 +1,233 @@
+"""Evaluate one erasure on the Canvas world: the UnlearnCanvas-style numbers, a grid, and their definitions.
+
+The same function serves `python -m erasure.run` and the benchmark, so every method is measured on one answer set
+(the same prompts, seeds and judges). It only sees plain diffusers pipelines: it never imports a method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from erasure.canvas.data import CHECK_SEED_BASE, render_pool, to_tensor
+from erasure.canvas.world import ARTIST_STYLES, OBJECT_ALIASES, OBJECTS, PLAIN, STYLE_ALIASES, STYLES, caption
+from eval.answer_set import AnswerSet, generate_answer_set, world_items
+from eval.grid import image_grid
+from eval.judges.models import Judges, world_prompt
+from eval.metrics import clip_accuracy, clip_score, frechet_distance, unlearning_scores
+
+DEFAULT_SEEDS = (0, 1)
+REAL_SEEDS = 4
+
+
+@dataclass
+class EvalSettings:
+    """How the answer set is generated: the same for every model compared."""
+
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    num_inference_steps: int = 20
+    guidance_scale: float = 5.0
+    batch_size: int = 65
+
+
+def alias_items(concept: str, kind: str) -> list[tuple[str, str, str]]:
+    """Prompts naming the concept only by its aliases (held out of erasure training), world template 0."""
+    if kind == "style":
+        return [
+            (caption(concept, o, 0, style_name=a), concept, o)
+            for a in STYLE_ALIASES[concept]
+            for o in OBJECTS
+        ]
+    return [
+        (caption(s, concept, 0, object_name=a), s, concept) for a in OBJECT_ALIASES[concept] for s in STYLES
+    ]
+
+
+def _fingerprint(pipe) -> str:
+    """A short hash of the UNet and text-encoder weights, to cache a base model's answer set safely."""
+    h = hashlib.sha256()
+    for module in (pipe.unet, pipe.text_encoder):
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().float().numpy().tobytes()[:4096])
+            h.update(str(float(tensor.float().sum())).encode())
+    return h.hexdigest()[:16]
+
+
+def answer_set(
+    pipe, items, judges: Judges, settings: EvalSettings, desc: str, cache_dir: Path | None = None
+) -> AnswerSet:
+    """Generate (or load from cache) the judged answer set of `pipe` for `items` x settings.seeds."""
+    key = None
+    if cache_dir is not None:
+        spec = json.dumps(
+            [items, list(settings.seeds), settings.num_inference_steps, settings.guidance_scale]
+        )
+        key = f"{_fingerprint(pipe)}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+        path = Path(cache_dir) / f"{key}.pt"
+        if path.exists():
+            data = torch.load(path, weights_only=True)
+            return AnswerSet(**data)
+    result = generate_answer_set(
+        pipe,
+        items,
+        list(settings.seeds),
+        judges,
+        batch_size=settings.batch_size,
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        desc=desc,
+    )
+    if key is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(cache_dir) / f"{key}.tmp"
+        torch.save(vars(result), tmp)
+        tmp.replace(Path(cache_dir) / f"{key}.pt")
+    return result
+
+
+def real_features(judges: Judges, exclude: tuple[str, str]) -> torch.Tensor:
+    """Judge features of held-out real renders (REAL_SEEDS per pair), the target concept's pairs excluded."""
+    kind, concept = exclude
+    styles = [s for s in STYLES if not (kind == "style" and s == concept)]
+    objects = [o for o in OBJECTS if not (kind == "object" and o == concept)]
+    images, _, _ = render_pool(
+        range(CHECK_SEED_BASE + 100, CHECK_SEED_BASE + 100 + REAL_SEEDS), styles, objects
+    )
+    return judges.features(to_tensor(images))
+
+
+def _non_target(answers: AnswerSet, concept: str, kind: str) -> AnswerSet:
+    labels = answers.styles if kind == "style" else answers.objects
+    return answers.subset([i for i, label in enumerate(labels) if label != concept])
+
+
+def _target(answers: AnswerSet, concept: str, kind: str) -> AnswerSet:
+    labels = answers.styles if kind == "style" else answers.objects
+    return answers.subset([i for i, label in enumerate(labels) if label == concept])
+
+
+def anchor_of(concept: str, kind: str, anchor: str | None) -> str:
+    """The concept the erased one should turn into: `plain` for styles, a given or default object for objects."""
+    if anchor:
+        return anchor
+    if kind == "style":
+        return PLAIN
+    return next(o for o in OBJECTS if o != concept)
+
+
+def evaluate_erasure(
+    base,
+    erased,
+    concept: str,
+    kind: str,
+    judges: Judges,
+    anchor: str | None = None,
+    settings: EvalSettings | None = None,
+    cache_dir: Path | None = None,
+) -> tuple[dict, dict]:
+    """(numbers, definitions) for erasing `concept` from `base` into `erased`, both diffusers pipelines."""
+    settings = settings or EvalSettings()
+    anchor = anchor_of(concept, kind, anchor)
+    items = world_items()
+    n_seeds = len(settings.seeds)
+    base_answers = answer_set(base, items, judges, settings, "answer set (original)", cache_dir)
+    erased_answers = answer_set(erased, items, judges, settings, "answer set (erased)")
+    scores = unlearning_scores(erased_answers.records(), concept, kind)
+    base_scores = unlearning_scores(base_answers.records(), concept, kind)
+
+    aliases = alias_items(concept, kind)
+    alias_answers = answer_set(erased, aliases, judges, settings, "alias prompts (erased)")
+    alias_preds = alias_answers.pred_styles if kind == "style" else alias_answers.pred_objects
+    alias_ua = 100.0 * sum(p != concept for p in alias_preds) / len(alias_preds)
+
+    real = real_features(judges, (kind, concept))
+    fd = frechet_distance(judges.features(_non_target(erased_answers, concept, kind).images), real)
+    base_fd = frechet_distance(judges.features(_non_target(base_answers, concept, kind).images), real)
+
+    target = _target(erased_answers, concept, kind)
+    target_texts = [world_prompt(s, o) for s, o in zip(target.styles, target.objects)]
+    if kind == "style":
+        anchor_texts = [world_prompt(anchor, o) for o in target.objects]
+    else:
+        anchor_texts = [world_prompt(s, anchor) for s in target.styles]
+    image_emb = judges.clip_image(target.images)
+    target_emb, anchor_emb = judges.clip_text(target_texts), judges.clip_text(anchor_texts)
+    base_target = _target(base_answers, concept, kind)
+    numbers = {
+        "ua": scores["ua"],
+        "ira": scores["ira"],
+        "cra": scores["cra"],
+        "alias_ua": alias_ua,
+        "fd": fd,
+        "base_fd": base_fd,
+        "clip_score": clip_score(image_emb, target_emb),
+        "base_clip_score": clip_score(judges.clip_image(base_target.images), target_emb),
+        "clip_accuracy": clip_accuracy(image_emb, target_emb, anchor_emb),
+        "base_ua": base_scores["ua"],
+        "base_ira": base_scores["ira"],
+        "base_cra": base_scores["cra"],
+    }
+    n_all, n_alias = len(erased_answers.prompts), len(alias_answers.prompts)
+    seeds = f"seeds {list(settings.seeds)}, DDIM {settings.num_inference_steps} steps, guidance {settings.guidance_scale}"
+    judge = "style / object judges (assets/judges, top-1)"
+    what = "style" if kind == "style" else "object"
+    definitions = {
+        "answer_set": f"{len(items)} prompts (every style x object, world template 0) x {n_seeds} seeds = {n_all} images per model; {seeds}",
+        "ua": f"unlearning accuracy: 100 - {judge} accuracy on images prompted with the erased {what} '{concept}'",
+        "ira": (
+            f"in-domain retain accuracy: mean {what} accuracy over the other {what}s"
+            + (" ('plain' excluded)" if kind == "style" else "")
+        ),
+        "cra": f"cross-domain retain accuracy: mean {'object' if kind == 'style' else 'style'} accuracy over all answer-set images",
+        "alias_ua": f"100 - {what} accuracy on {n_alias} images whose prompts name '{concept}' only by its aliases (never seen in erasure)",
+        "fd": f"Frechet distance of judge features (style+object penultimate), erased images vs {REAL_SEEDS} held-out real renders per pair, '{concept}' pairs excluded",
+        "base_fd": "the same Frechet distance for the original model",
+        "clip_score": f"judge-clip: mean 100*max(cos(image, text), 0) over the erased model's '{concept}' images and their own prompts",
+        "base_clip_score": "the same CLIP score for the original model",
+        "clip_accuracy": f"judge-clip: % of the erased model's '{concept}' images closer to the target text than to the anchor '{anchor}' text",
+        "base_ua": "UA, IRA, CRA of the original model on the same answer set (base_ua/base_ira/base_cra)",
+    }
+    return numbers, definitions
+
+
+def comparison_grid(
+    pipes: dict, concept: str, kind: str, judges: Judges, seed: int = 0, settings: EvalSettings | None = None
+):
+    """Rows: target prompts, aliases, neighbouring concepts, other objects; one column per pipeline; same seed."""
+    settings = settings or EvalSettings()
+    if kind == "style":
+        neighbours = [s for s in ARTIST_STYLES if s != concept][:2]
+        rows = [(caption(concept, o), concept, o) for o in OBJECTS[:2]]
+        rows += [
+            (caption(concept, OBJECTS[0], 0, style_name=a), concept, OBJECTS[0])
+            for a in STYLE_ALIASES[concept]
+        ]
+        rows += [(caption(s, OBJECTS[0]), s, OBJECTS[0]) for s in neighbours]
+        rows += [(caption(PLAIN, o), PLAIN, o) for o in OBJECTS[2:4]]
+    else:
+        neighbours = [o for o in OBJECTS if o != concept][:2]
+        rows = [(caption(s, concept), s, concept) for s in (PLAIN, ARTIST_STYLES[0])]
+        rows += [(caption(PLAIN, concept, 0, object_name=a), PLAIN, concept) for a in OBJECT_ALIASES[concept]]
+        rows += [(caption(PLAIN, o), PLAIN, o) for o in neighbours]
+        rows += [(caption(s, neighbours[0]), s, neighbours[0]) for s in ARTIST_STYLES[1:3]]
+    single = EvalSettings((seed,), settings.num_inference_steps, settings.guidance_scale, settings.batch_size)
+    columns, verdicts = {}, {}
+    for name, pipe in pipes.items():
+        answers = generate_answer_set(
+            pipe,
+            rows,
+            [seed],
+            judges,
+            batch_size=single.batch_size,
+            num_inference_steps=single.num_inference_steps,
+            guidance_scale=single.guidance_scale,
+            desc=f"grid ({name})",
+        )
+        columns[name] = answers.images
+        verdicts[name] = [f"{s} / {o}" for s, o in zip(answers.pred_styles, answers.pred_objects)]
+    return image_grid(columns, [r[0] for r in rows], verdicts)
