@@ -25,7 +25,7 @@ def random_judges() -> Judges:
     torch.manual_seed(0)
     style, obj = ConvJudge(len(STYLES)).eval(), ConvJudge(len(OBJECTS)).eval()
     clip, tokenizer = create_judge_clip()
-    return Judges(style, obj, clip.eval(), tokenizer, torch.device("cpu"))
+    return Judges(style, obj, torch.device("cpu"), clip=clip.eval(), clip_tokenizer=tokenizer)
 
 
 def test_world_items():

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     try:
-        judges = load_judges(args.device, args.judges)
+        judges = load_judges(args.device, args.judges, require_clip=True)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

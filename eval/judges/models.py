@@ -61,13 +61,28 @@ class ConvJudge(nn.Module):
 
 @dataclass
 class Judges:
-    """The three judges, loaded in eval mode on one device."""
+    """The three judges, in eval mode on one device.
+
+    judge-clip is loaded on first use from `clip_path`, so the classifiers alone can judge (as canvas-sd's training
+    log does) before judge-clip exists, and runs that never score CLIP do not pay for loading it.
+    """
 
     style: ConvJudge
     object: ConvJudge
-    clip: nn.Module
-    clip_tokenizer: object
     device: torch.device
+    clip_path: Path | None = None
+    clip: nn.Module | None = None
+    clip_tokenizer: object = None
+
+    def _load_clip(self) -> None:
+        if self.clip is not None:
+            return
+        if self.clip_path is None or not Path(self.clip_path).exists():
+            raise FileNotFoundError(
+                f"judge-clip weights {self.clip_path} not found; train them with `python -m eval.judges.train --only clip`."
+            )
+        self.clip, self.clip_tokenizer = create_judge_clip(str(self.clip_path))
+        self.clip.to(self.device).eval()
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[list[str], list[str]]:
@@ -86,11 +101,13 @@ class Judges:
     @torch.no_grad()
     def clip_image(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised judge-clip image embeddings of (N, 3, H, W) images in [0, 1]."""
+        self._load_clip()
         return clip_image_features(self.clip, images.to(self.device))
 
     @torch.no_grad()
     def clip_text(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised judge-clip text embeddings."""
+        self._load_clip()
         tokens = self.clip_tokenizer(texts).to(self.device)
         return nn.functional.normalize(self.clip.encode_text(tokens), dim=-1)
 
@@ -124,14 +141,15 @@ def world_prompt(style: str, obj: str) -> str:
     return f"a painting of a {obj}" if style == PLAIN else f"a {obj} in {style} style"
 
 
-def load_judges(device: str | torch.device = "cpu", directory: Path = JUDGES_DIR) -> Judges:
-    """Load the shipped judges from assets/judges (safetensors only)."""
+def load_judges(
+    device: str | torch.device = "cpu", directory: Path = JUDGES_DIR, require_clip: bool = False
+) -> Judges:
+    """Load the shipped judges from assets/judges (safetensors only); judge-clip loads on first use."""
     directory = Path(directory)
-    missing = [
-        n
-        for n in ("style.safetensors", "object.safetensors", "judge-clip.safetensors")
-        if not (directory / n).exists()
-    ]
+    needed = ("style.safetensors", "object.safetensors") + (
+        ("judge-clip.safetensors",) if require_clip else ()
+    )
+    missing = [n for n in needed if not (directory / n).exists()]
     if missing:
         raise FileNotFoundError(
             f"judge weights {', '.join(missing)} not found in {directory}; train them with `python -m eval.judges.train`."
@@ -140,7 +158,6 @@ def load_judges(device: str | torch.device = "cpu", directory: Path = JUDGES_DIR
     style, obj = ConvJudge(len(STYLES)), ConvJudge(len(OBJECTS))
     style.load_state_dict(load_file(directory / "style.safetensors"))
     obj.load_state_dict(load_file(directory / "object.safetensors"))
-    clip, tokenizer = create_judge_clip(str(directory / "judge-clip.safetensors"))
-    for m in (style, obj, clip):
+    for m in (style, obj):
         m.to(device).eval()
-    return Judges(style, obj, clip, tokenizer, device)
+    return Judges(style, obj, device, clip_path=directory / "judge-clip.safetensors")

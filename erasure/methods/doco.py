@@ -1,0 +1,305 @@
+"""DoCo: concept domain correction with a concept-preserving gradient (Wu et al., AAAI 2025, arXiv 2405.15304).
+
+Only the UNet's cross-attention key/value projections (`attn2.to_k`, `attn2.to_v`) train; the text encoder, the
+VAE and a frozen copy of the original UNet (the teacher) do not. Anchor images are generated once by the frozen
+pipeline from anchor prompts. Each step: anchor latents are noised to x_t; the teacher sees the anchor prompt,
+the trainable UNet the target prompt; both noise predictions become predicted clean latents x0 (scheduler).
+After the discriminator's warm-up the UNet steps on g_a, the gradient of BCE(D(x0_target), 0) (pull the concept
+into the anchor's domain), corrected by g_b, the gradient of the prior-preservation loss (standard diffusion loss
+on anchor latents with anchor prompts). Then the PatchGAN D steps on BCE(D(x0_anchor), 0) + BCE(D(x0_target), 1).
+
+How g_b enters the update, as in the official code (gradient_clip.adjust_gradient, train.py): with surgery, g_a
+and g_b are each clipped to `max_grad_norm`, g_a is corrected per tensor where cos(g_a, g_b) < 0, and only the
+corrected g_a is applied; g_b steers the update but is not added. Without surgery ('none') the official loss is
+L_adv + 0.1 L_prior: g_a + prior_weight * g_b, clipped together. The 'normalized' rule removes lambda|cos| times
+the *unit* vector g_b/|g_b| whatever |g_a| is; 'pcgrad' removes exactly g_a's conflicting component.
+
+`adversarial=False` is the ablation without the discriminator: g_a comes from matching the trainable UNet's noise
+prediction for the target prompt to the teacher's for the anchor prompt (Concept Ablation, model-based), with
+the same schedule of UNet updates and the same surgery.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.utils import logging as diffusers_logging
+from torch import nn
+
+from erasure.methods.base import (
+    cross_attention_kv,
+    diffusion_target,
+    encode_prompts,
+    generate_anchor_latents,
+    predicted_x0,
+    select_pairs,
+)
+
+SURGERY_RULES = ("normalized", "pcgrad", "none")
+
+
+@dataclass
+class DoCoConfig:
+    """DoCo's settings. The field defaults are the official SD 1.x ones for a style (repo README / scripts);
+    `DoCoConfig.sd("object")` and `DoCoConfig.canvas(kind)` give the others."""
+
+    steps: int = 2000  # total steps, discriminator warm-up included
+    d_warmup: int = 1000  # steps in which only the discriminator trains
+    batch_size: int = 8  # target samples per step, plus as many prior-preservation samples
+    learning_rate: float = 6e-6  # UNet (K/V) AdamW learning rate, before scaling
+    scale_lr: bool = True  # multiply the learning rate by batch_size x processes (official --scale_lr)
+    weight_decay: float = 1e-2  # AdamW weight decay on the K/V tensors (diffusers' training-script default)
+    max_grad_norm: float = 1.0  # each gradient is clipped to this norm before surgery
+    d_learning_rate: float = 5e-4  # discriminator Adam learning rate: 5e-4 style, 1e-4 object
+    d_betas: tuple[float, float] = (0.5, 0.999)
+    surgery: str = "normalized"  # 'normalized' (official code now), 'pcgrad' (exact, first release), 'none'
+    surgery_lambda: float = 1.0  # lambda: 1 for styles, 0.5 for objects
+    prior_weight: float = 0.1  # weight of g_b added to the update when surgery='none' (official 1.0 x 0.1)
+    adversarial: bool = True  # False: noise matching to the teacher instead of the discriminator (ablation)
+    num_anchor_images: int = 1000  # anchor images generated once by the frozen pipeline
+    anchor_steps: int = 50  # their sampler steps
+    anchor_guidance: float = 7.5  # and classifier-free guidance scale
+    anchor_batch: int = 8  # images per generation batch
+    hflip: bool = True  # random horizontal flips of anchor latents
+    mixed_precision: str = "no"  # 'no' or 'bf16'; fp16's loss scaling clashes with two backward passes
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 250  # steps between checkpoints when a checkpoint folder is given
+    divergence_factor: float = 100.0  # a loss above this multiple of its running mean stops the run
+
+    def __post_init__(self):
+        if self.surgery not in SURGERY_RULES:
+            raise ValueError(f"surgery must be one of {', '.join(SURGERY_RULES)}, not {self.surgery!r}.")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"DoCo supports mixed_precision 'no' or 'bf16', not {self.mixed_precision!r}.")
+        self.d_betas = tuple(self.d_betas)
+
+    @classmethod
+    def sd(cls, kind: str = "style") -> DoCoConfig:
+        """Official SD 1.4 settings: D lr 5e-4 and lambda 1 for styles, D lr 1e-4 and lambda 0.5 for objects."""
+        return cls() if kind == "style" else cls(d_learning_rate=1e-4, surgery_lambda=0.5)
+
+    @classmethod
+    def canvas(cls, kind: str = "style") -> DoCoConfig:
+        """Canvas-sd on 2 CPU cores: one erasure in about 2-2.5 minutes, anchor generation included.
+
+        Measured on this machine (2 busy cores, one thread) with a canvas-sd-sized UNet (5.4M parameters, 16x16
+        latents): 64 anchor images (20 DDIM steps, guidance 5, decode + encode) take ~16 s, a warm-up step (two
+        no-grad forwards, the discriminator) ~0.16 s, a full step at batch 8+8 (teacher forward, two trainable
+        forwards and backwards, the discriminator) ~0.36 s. 350 steps with a 70-step warm-up: ~16 + 11 + 101 s,
+        leaving the rest of the 5-minute CLI budget to evaluation. That is 280 UNet updates instead of the
+        official 1000, so the learning rate is ~3x larger (1.6e-4 after batch scaling); the shorter warm-up gets a
+        2x larger discriminator rate. 64 anchor images cover every caption pair about once (60 pairs for a style:
+        10 objects x 6 templates; 78 for an object: 13 styles x 6 templates).
+        """
+        from erasure.canvas.sd_config import GUIDANCE_SCALE, INFERENCE_STEPS
+
+        return replace(
+            cls.sd(kind),
+            steps=350,
+            d_warmup=70,
+            learning_rate=2e-5,
+            d_learning_rate=1e-3 if kind == "style" else 2e-4,
+            num_anchor_images=64,
+            anchor_steps=INFERENCE_STEPS,
+            anchor_guidance=GUIDANCE_SCALE,
+            anchor_batch=32,
+            checkpoint_every=100,
+        )
+
+    @classmethod
+    def defaults(cls, kind: str, canvas: bool) -> DoCoConfig:
+        return cls.canvas(kind) if canvas else cls.sd(kind)
+
+    def with_steps(self, steps: int) -> DoCoConfig:
+        """The same schedule over `steps` steps: the warm-up keeps its share of the run."""
+        return replace(self, steps=steps, d_warmup=round(steps * self.d_warmup / max(self.steps, 1)))
+
+
+def surgery(g_a: torch.Tensor, g_b: torch.Tensor, rule: str = "normalized", lam: float = 1.0) -> torch.Tensor:
+    """Concept-preserving gradient for one parameter tensor: g_a corrected where it conflicts with g_b.
+
+    'pcgrad':     g_a - lam * (g_a.g_b / |g_b|^2) g_b
+    'normalized': g_a - lam * cos(g_a, g_b) * g_b / |g_b|
+    Applied only when cos(g_a, g_b) < 0; 'none' (or no conflict) returns g_a unchanged.
+    """
+    if rule not in SURGERY_RULES:
+        raise ValueError(f"surgery rule must be one of {', '.join(SURGERY_RULES)}, not {rule!r}.")
+    a, b = g_a.flatten().float(), g_b.flatten().float()
+    dot = torch.dot(a, b)
+    norm_a, norm_b = a.norm(), b.norm()
+    if rule == "none" or dot >= 0 or norm_b == 0:
+        return g_a
+    if rule == "pcgrad":
+        corrected = a - lam * dot / norm_b**2 * b
+    else:
+        cos = dot / (norm_a * norm_b + 1e-12)
+        corrected = a - lam * cos * b / norm_b
+    return corrected.view_as(g_a).to(g_a.dtype)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN on latents: conv 64-128-256-512 (BatchNorm after the first, LeakyReLU 0.2), then a conv to one
+    logit per patch. The first blocks halve the resolution (kernel 4, stride 2), as many as keep the output patch
+    map at least 2x2 (four on SD's 64x64 latents, as the official code; two on canvas-sd's 16x16); the others
+    keep it (kernel 3, stride 1)."""
+
+    def __init__(self, in_channels: int = 4, latent_size: int = 64, widths=(64, 128, 256, 512)):
+        super().__init__()
+        n_down = max(0, min(len(widths), math.floor(math.log2(latent_size / 3))))
+        layers, c = [], in_channels
+        for i, w in enumerate(widths):
+            layers.append(nn.Conv2d(c, w, 4, 2, 1) if i < n_down else nn.Conv2d(c, w, 3, 1, 1))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(w))
+            layers.append(nn.LeakyReLU(0.2))
+            c = w
+        layers.append(nn.Conv2d(c, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _clip(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    total = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return [g * scale for g in grads]
+
+
+def run(pipeline, request, config: DoCoConfig, session):
+    """Train DoCo on `pipeline` for `request`; returns a new pipeline sharing every component but the UNet.
+
+    `session` is the engine's `erasure.erase.TrainingRun` (accelerator, generator, progress, checkpoints).
+    """
+    accelerator, device, gen = session.accelerator, session.device, session.generator
+
+    # 1. Models: the input UNet becomes the frozen teacher; a copy trains its attn2 key/value projections only.
+    for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
+        module.requires_grad_(False).to(device)
+    teacher = pipeline.unet.eval()
+    unet = copy.deepcopy(teacher).train()
+    params = cross_attention_kv(unet)
+    for p in params.values():
+        p.requires_grad_(True)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, clip_sample=False, thresholding=False)
+    T = scheduler.config.num_train_timesteps
+
+    # 2. Data: anchor latents generated once by the frozen pipeline (cached beside the checkpoints), and the
+    # text-encoder states of every (target, anchor) prompt pair. Anchor latent i belongs to pair `pair[i]`.
+    if request.anchor_latents is not None:
+        latents = request.anchor_latents.to(device, torch.float32)
+        pair = torch.tensor(select_pairs(request, len(latents), session.seed), device=device)
+    else:
+        pair = torch.tensor(select_pairs(request, config.num_anchor_images, session.seed), device=device)
+        prompts = [request.anchor_prompts[i] for i in pair.tolist()]
+        args = (
+            config.anchor_steps,
+            config.anchor_guidance,
+            session.seed,
+            config.anchor_batch,
+            session.progress,
+        )
+        latents = session.cached("anchor_latents", lambda: generate_anchor_latents(pipeline, prompts, *args))
+    latents = latents.contiguous()  # a fixed memory format: convolutions round differently in channels-last
+    target_emb = encode_prompts(pipeline, request.target_prompts, device)
+    anchor_emb = encode_prompts(pipeline, request.anchor_prompts, device)
+
+    # 3. Discriminator and optimizers. Models are not DDP-wrapped: each step runs two backward passes (surgery)
+    # and separate real/fake discriminator batches, so gradients are averaged across processes explicitly.
+    with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves the global RNG alone
+        torch.manual_seed(session.seed)
+        disc = PatchDiscriminator(latents.shape[1], min(latents.shape[-2:])).to(device).train()
+    lr = config.learning_rate * (config.batch_size * accelerator.num_processes if config.scale_lr else 1)
+    optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=config.weight_decay)
+    optimizer_d = torch.optim.Adam(disc.parameters(), lr=config.d_learning_rate, betas=config.d_betas)
+    optimizer, optimizer_d = accelerator.prepare(optimizer, optimizer_d)
+    state = {f"unet.{n}": p for n, p in params.items()}
+    state.update({f"discriminator.{n}": t for n, t in disc.state_dict().items()})
+    session.track(state, {"unet": optimizer, "discriminator": optimizer_d})
+
+    def sample_batch():
+        idx = torch.randint(len(latents), (config.batch_size,), generator=gen, device=device)
+        x0 = latents[idx]
+        if config.hflip:
+            flip = torch.rand(len(idx), generator=gen, device=device) < 0.5
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        t = torch.randint(0, T, (len(idx),), generator=gen, device=device)
+        return x0, noise, t, scheduler.add_noise(x0, noise, t), pair[idx]
+
+    def gradients(loss) -> list[torch.Tensor]:
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        return [accelerator.reduce(p.grad, "mean") for p in params.values()]
+
+    def bce(logits, label: float):
+        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
+
+    # 4. The loop.
+    for step in range(session.start_step(), config.steps):
+        update_unet = step >= config.d_warmup
+        if not config.adversarial and not update_unet:
+            session.end_step(step, {})  # the ablation keeps DoCo's schedule of UNet updates; no discriminator
+            continue
+        losses = {}
+        _, _, t, x_t, k = sample_batch()
+        with torch.no_grad(), accelerator.autocast():
+            eps_anchor = teacher(x_t, t, encoder_hidden_states=anchor_emb[k]).sample.float()
+        x0_anchor = predicted_x0(scheduler, eps_anchor, t, x_t)
+
+        if update_unet:
+            # Prior preservation: the standard diffusion loss on other anchor latents with their anchor prompts.
+            x0_p, noise_p, t_p, x_p, k_p = sample_batch()
+            with accelerator.autocast():
+                pred_p = unet(x_p, t_p, encoder_hidden_states=anchor_emb[k_p]).sample.float()
+            prior_loss = F.mse_loss(pred_p, diffusion_target(scheduler, x0_p, noise_p, t_p))
+            g_b = gradients(prior_loss)
+
+        with torch.set_grad_enabled(update_unet), accelerator.autocast():
+            eps_target = unet(x_t, t, encoder_hidden_states=target_emb[k]).sample.float()
+        x0_target = predicted_x0(scheduler, eps_target, t, x_t)
+
+        if update_unet:
+            if config.adversarial:
+                erase_loss = bce(disc(x0_target), 0.0)  # the target's outputs should look like the anchor's
+            else:
+                erase_loss = F.mse_loss(eps_target, eps_anchor)
+            g_a = gradients(erase_loss)
+            if config.surgery == "none":
+                update = _clip([a + config.prior_weight * b for a, b in zip(g_a, g_b)], config.max_grad_norm)
+            else:
+                g_a, g_b = _clip(g_a, config.max_grad_norm), _clip(g_b, config.max_grad_norm)
+                update = [surgery(a, b, config.surgery, config.surgery_lambda) for a, b in zip(g_a, g_b)]
+            for p, g in zip(params.values(), update):
+                p.grad = g
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.update(erase=erase_loss.item(), prior=prior_loss.item())
+
+        if config.adversarial:
+            # Discriminator: anchor x0 -> 0 (real), target x0 -> 1.
+            d_loss = bce(disc(x0_anchor), 0.0) + bce(disc(x0_target.detach()), 1.0)
+            optimizer_d.zero_grad(set_to_none=True)
+            accelerator.backward(d_loss)
+            for p in disc.parameters():
+                p.grad = accelerator.reduce(p.grad, "mean")
+            optimizer_d.step()
+            losses["d"] = d_loss.item()
+        session.end_step(step, losses)
+
+    unet.requires_grad_(False).eval()
+    if config.gradient_checkpointing:
+        unet.disable_gradient_checkpointing()
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # from_pipe's dtype pass warns about casting; nothing is cast
+    try:
+        return type(pipeline).from_pipe(pipeline, unet=unet)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
