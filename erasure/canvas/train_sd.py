@@ -215,6 +215,13 @@ def train_unet(args, device, vae) -> None:
         tqdm.write(f"resumed from step {start_step}")
 
     pipe = pipeline_from(unet, vae, text_encoder, tokenizer)
+    if start_step >= args.unet_steps:
+        # Resumed at or past the requested length: export the checkpoint's EMA weights as the pipeline.
+        ema.copy_to(unet.parameters())
+        unet.eval()
+        log(args.log, {"stage": "unet", "step": start_step, **judged_accuracy(pipe, seed=0)})
+        write_pipeline(args.out, pipe)
+        return
     bar = tqdm(
         range(start_step, args.unet_steps), desc="canvas-sd UNet", initial=start_step, total=args.unet_steps
     )

@@ -63,13 +63,16 @@ def train_classifiers(
         save_atomic(net.state_dict(), out / f"{name}.safetensors")
 
 
-def train_clip(images, style_labels, object_labels, steps: int, batch: int, seed: int, out: Path) -> None:
+def train_clip(
+    images, style_labels, object_labels, steps: int, batch: int, seed: int, out: Path, init: Path | None = None, lr: float = 1e-3
+) -> None:
+    """Contrastive training of judge-clip; `init` continues from saved weights (a second cycle at a lower lr)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     x_all = to_tensor(images)
-    model, tokenizer = create_judge_clip()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.1)
+    model, tokenizer = create_judge_clip(str(init) if init else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     pair = torch.from_numpy(style_labels * len(OBJECTS) + object_labels)
     bar = tqdm(range(steps), desc="judge-clip")
     for step in bar:
@@ -102,7 +105,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train the Canvas judges on real rendered images.")
     parser.add_argument("--only", default="style,object,clip", help="comma list of: style,object,clip")
     parser.add_argument("--steps", type=int, default=1200, help="classifier steps")
-    parser.add_argument("--clip-steps", type=int, default=2500)
+    parser.add_argument("--clip-steps", type=int, default=2000)
+    parser.add_argument("--clip-lr", type=float, default=1e-3)
+    parser.add_argument("--clip-init", type=Path, help="continue judge-clip from these safetensors weights")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -115,7 +120,9 @@ def main(argv=None) -> None:
     if parts & {"style", "object"}:
         train_classifiers(images, style_labels, object_labels, args.steps, args.batch, args.seed, args.out)
     if "clip" in parts:
-        train_clip(images, style_labels, object_labels, args.clip_steps, args.batch, args.seed, args.out)
+        train_clip(
+            images, style_labels, object_labels, args.clip_steps, args.batch, args.seed, args.out, args.clip_init, args.clip_lr
+        )
     print(f"judges written to {args.out} in {time.time() - start:.0f} s")
 
 
