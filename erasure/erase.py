@@ -28,11 +28,16 @@ from accelerate.state import AcceleratorState, PartialState
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from erasure.methods import doco
+from erasure.methods import ca, doco, esd, uce
 from erasure.methods.base import build_request
 
-# name -> (Config dataclass, run function). ESD, UCE and Concept Ablation join behind the same interface.
-METHODS = {"doco": (doco.DoCoConfig, doco.run)}
+# name -> (Config dataclass, run function), one interface for every method.
+METHODS = {
+    "doco": (doco.DoCoConfig, doco.run),
+    "esd": (esd.ESDConfig, esd.run),
+    "uce": (uce.UCEConfig, uce.run),
+    "ca": (ca.CAConfig, ca.run),
+}
 
 
 class ErasureDiverged(RuntimeError):

@@ -81,7 +81,7 @@ def validate(args) -> tuple[list[str], Path]:
         raise UsageError('give at least one --concept (for example --concept "van gogh").')
     if any(not c.strip() for c in concepts) or not concepts:
         raise UsageError('the concept is empty; name what to erase, for example --concept "van gogh".')
-    if args.model == "canvas-sd":
+    if args.model in ("canvas-sd", GAN_MODEL):
         try:
             concepts = [canonical(c) for c in concepts]
             for c in concepts:
@@ -101,6 +101,8 @@ def validate(args) -> tuple[list[str], Path]:
 
 
 def run(args) -> Path:
+    if args.model == GAN_MODEL:
+        return run_canvas_gan(args)
     import torch
 
     from erasure.erase import erase
@@ -164,6 +166,30 @@ def run(args) -> Path:
     return out
 
 
+# --- canvas-gan: Text-to-Unlearn on the shipped StyleGAN2-lite (erasure/gan/, eval/gan_eval.py) ----------------
+GAN_MODEL = "canvas-gan"
+
+
+def run_canvas_gan(args) -> Path:
+    """`--model canvas-gan`: the same checks and atomic output folder as above; --method does not apply."""
+    concepts, out = validate(args)
+    if args.resume:
+        raise UsageError(
+            "--resume does not apply to --model canvas-gan (unlearning takes minutes); use --overwrite."
+        )
+    if args.anchor and canonical(args.anchor) != "plain":
+        raise UsageError(
+            "--model canvas-gan takes no --anchor: erased styles become plain, erased objects spread."
+        )
+    from eval.gan_eval import GAN_DIR, run_gan
+
+    if not (GAN_DIR / "config.json").exists():
+        raise UsageError(
+            f"canvas-gan not found in {GAN_DIR}; train it with `python -m erasure.canvas.train_gan`."
+        )
+    return run_gan(concepts, out, steps=args.steps, seed=args.seed, evaluate=not args.no_eval)
+
+
 def evaluate_into(tmp: Path, base, erased, results, args, metrics: dict, definitions: dict) -> None:
     """Answer sets, metrics, grid and report for a canvas run (one concept: top level; several: averaged)."""
     from eval.evaluate import EvalSettings, comparison_grid, evaluate_erasure
@@ -211,8 +237,13 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     metrics = json.loads((out / "metrics.json").read_text())
-    shown = {k: v for k, v in metrics.items() if k not in ("definitions", "per_concept")}
-    print(f"erased pipeline written to {out / 'pipeline'}")
+    shown = {
+        k: v
+        for k, v in metrics.items()
+        if k not in ("definitions", "per_concept") and not isinstance(v, dict)
+    }
+    what = "generator" if args.model == GAN_MODEL else "pipeline"
+    print(f"erased {what} written to {out / what}")
     for key, value in shown.items():
         definition = metrics["definitions"].get(key, "")
         print(

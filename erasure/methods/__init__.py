@@ -5,14 +5,22 @@ config, run) -> pipeline`; `erasure.erase.METHODS` maps method names to them.
 """
 
 from erasure.methods.base import ErasureRequest, build_request, cross_attention_kv, predicted_x0
+from erasure.methods.ca import CAConfig
 from erasure.methods.doco import DoCoConfig, PatchDiscriminator, surgery
+from erasure.methods.esd import ESDConfig, esd_parameters
+from erasure.methods.uce import UCEConfig, uce_weight
 
 __all__ = [
+    "CAConfig",
     "DoCoConfig",
+    "ESDConfig",
     "ErasureRequest",
     "PatchDiscriminator",
+    "UCEConfig",
     "build_request",
     "cross_attention_kv",
+    "esd_parameters",
     "predicted_x0",
     "surgery",
+    "uce_weight",
 ]

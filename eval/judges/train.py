@@ -64,7 +64,15 @@ def train_classifiers(
 
 
 def train_clip(
-    images, style_labels, object_labels, steps: int, batch: int, seed: int, out: Path, init: Path | None = None, lr: float = 1e-3
+    images,
+    style_labels,
+    object_labels,
+    steps: int,
+    batch: int,
+    seed: int,
+    out: Path,
+    init: Path | None = None,
+    lr: float = 1e-3,
 ) -> None:
     """Contrastive training of judge-clip; `init` continues from saved weights (a second cycle at a lower lr)."""
     torch.manual_seed(seed)
@@ -121,7 +129,15 @@ def main(argv=None) -> None:
         train_classifiers(images, style_labels, object_labels, args.steps, args.batch, args.seed, args.out)
     if "clip" in parts:
         train_clip(
-            images, style_labels, object_labels, args.clip_steps, args.batch, args.seed, args.out, args.clip_init, args.clip_lr
+            images,
+            style_labels,
+            object_labels,
+            args.clip_steps,
+            args.batch,
+            args.seed,
+            args.out,
+            args.clip_init,
+            args.clip_lr,
         )
     print(f"judges written to {args.out} in {time.time() - start:.0f} s")
 

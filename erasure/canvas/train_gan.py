@@ -1,0 +1,355 @@
+"""Train canvas-gan: an unconditional StyleGAN2-lite on Canvas images of every style x object.
+
+    OMP_WAIT_POLICY=PASSIVE python -m erasure.canvas.train_gan [--steps 10000] [--resume] [--out assets/canvas-gan]
+
+The loop is StyleGAN2's, written out: non-saturating logistic loss, lazy R1 on real images every `--r1-interval`
+D steps (Adam's lr and betas adjusted for the lazy interval, as in StyleGAN2), Adam betas (0, 0.99), an EMA copy of
+the generator (half-life `--ema-kimg` thousand images, ramped up over the first 5% of images seen), batch 32.
+One fake batch per iteration serves both the G step (through a frozen D) and the D step (detached).
+
+Every `--log-every` steps the EMA generator draws 520 fixed latents and the judges (assets/judges) say which style
+and object each sample shows: the share of every class, compared with uniform, and the Frechet distance of judge
+features to held-out real renders. The judges only watch; no gradient reaches them.
+Checkpoints (safetensors + JSON, nothing pickled) go to --checkpoint-dir every `--checkpoint-every` steps;
+`--resume` continues from the latest. The final EMA generator is written atomically to --out (model.safetensors +
+config.json, with the training summary under "extra", and samples.png). Runs on CUDA when present.
+`--max-minutes` (default 60) stops early, checkpointed and written, if the wall-clock budget runs out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import json
+import math
+import shutil
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from erasure.canvas.data import CHECK_SEED_BASE, render_pool, to_tensor
+from erasure.canvas.world import OBJECTS, STYLES
+from erasure.gan.stylegan import (
+    Discriminator,
+    DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
+    config_to_json,
+    save_generator,
+    to_unit,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN_SEEDS = range(400, 600)  # 200 seeds x 130 (style, object) pairs = 26,000 real images
+MONITOR_REAL_SEEDS = range(CHECK_SEED_BASE + 200, CHECK_SEED_BASE + 204)  # held-out renders for the logged FD
+
+
+# --- one iteration, in two declared halves ---------------------------------------------------------------------
+def generator_step(G, D, opt_G, batch: int, device) -> tuple[float, torch.Tensor]:
+    """G update with the non-saturating loss softplus(-D(G(z))); D is frozen. Returns (loss, detached fakes)."""
+    D.requires_grad_(False)
+    fake = G(torch.randn(batch, G.config.z_dim, device=device))
+    loss = F.softplus(-D(fake)).mean()
+    opt_G.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_G.step()
+    D.requires_grad_(True)
+    return loss.item(), fake.detach()
+
+
+def discriminator_step(D, opt_D, real, fake, r1_gamma: float, r1_interval: int, do_r1: bool) -> dict:
+    """D update: softplus(D(fake)) + softplus(-D(real)), plus (gamma / 2) |grad_x D(real)|^2 * interval on R1 steps."""
+    real = real.detach().requires_grad_(do_r1)
+    real_logits, fake_logits = D(real), D(fake.detach())
+    loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+    out = {"d": loss.item()}
+    if do_r1:
+        (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+        r1 = grad.square().sum((1, 2, 3)).mean()
+        loss = loss + r1 * (r1_gamma / 2) * r1_interval
+        out["r1"] = r1.item()
+    opt_D.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_D.step()
+    return out
+
+
+@torch.no_grad()
+def update_ema(G_ema, G, beta: float) -> None:
+    """p_ema <- beta p_ema + (1 - beta) p for parameters; buffers (w_avg, const noise) are copied."""
+    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+        p_ema.lerp_(p, 1.0 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
+def make_optimizers(G, D, lr: float, r1_interval: int):
+    """Adam (0, 0.99) for both; D's lr and betas scaled by c = interval / (interval + 1) (StyleGAN2 lazy reg)."""
+    c = r1_interval / (r1_interval + 1)
+    opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8)
+    opt_D = torch.optim.Adam(D.parameters(), lr=lr * c, betas=(0.0, 0.99**c), eps=1e-8)
+    return opt_G, opt_D
+
+
+# --- monitoring with the judges --------------------------------------------------------------------------------
+@torch.no_grad()
+def sample_images(G, z: torch.Tensor, batch: int = 260) -> torch.Tensor:
+    """[0, 1] images for fixed latents, const noise, on CPU."""
+    return torch.cat(
+        [to_unit(G(z[i : i + batch], noise_mode="const")).cpu() for i in range(0, len(z), batch)]
+    )
+
+
+def judged_stats(images: torch.Tensor, judges, real_features: torch.Tensor | None) -> dict:
+    """Share of every style / object as judged (and relative to uniform), missing classes, FD to real renders."""
+    from eval.metrics import frechet_distance
+
+    styles, objects = judges.predict(images)
+    n, sc, oc = len(images), Counter(styles), Counter(objects)
+    style_share = {s: sc[s] / n for s in STYLES}
+    object_share = {o: oc[o] / n for o in OBJECTS}
+    stats = {
+        "n": n,
+        "style_share": style_share,
+        "object_share": object_share,
+        "style_ratio_min": min(style_share.values()) * len(STYLES),
+        "style_ratio_max": max(style_share.values()) * len(STYLES),
+        "object_ratio_min": min(object_share.values()) * len(OBJECTS),
+        "object_ratio_max": max(object_share.values()) * len(OBJECTS),
+        "missing": [c for c, v in {**style_share, **object_share}.items() if v == 0],
+    }
+    if real_features is not None:
+        stats["fd"] = frechet_distance(judges.features(images).cpu(), real_features)
+    return stats
+
+
+def describe(stats: dict) -> str:
+    text = (
+        f"styles x{stats['style_ratio_min']:.2f}-x{stats['style_ratio_max']:.2f} of uniform, "
+        f"objects x{stats['object_ratio_min']:.2f}-x{stats['object_ratio_max']:.2f}"
+    )
+    if "fd" in stats:
+        text += f", FD {stats['fd']:.1f}"
+    return text + (f", missing: {', '.join(stats['missing'])}" if stats["missing"] else "")
+
+
+def sample_sheet(images: torch.Tensor, columns: int = 13) -> Image.Image:
+    """Tile images (N, 3, H, W) in [0, 1] into one picture."""
+    n, _, h, w = images.shape
+    rows = math.ceil(n / columns)
+    sheet = torch.ones(3, rows * h, columns * w)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = image
+    return Image.fromarray((sheet * 255).round().byte().permute(1, 2, 0).numpy())
+
+
+# --- checkpoints: <dir>/step-000100/{G,G_ema,D,optim}.safetensors + state.json (written last) -------------------
+def optimizer_tensors(opt, prefix: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    state = opt.state_dict()
+    tensors = {
+        f"{prefix}.{idx}.{key}": value.detach().cpu().contiguous().clone()
+        for idx, entry in state["state"].items()
+        for key, value in entry.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def load_optimizer(opt, tensors: dict[str, torch.Tensor], groups: list[dict], prefix: str, device) -> None:
+    state: dict[int, dict] = defaultdict(dict)
+    for name, value in tensors.items():
+        if name.startswith(prefix + "."):
+            _, idx, key = name.split(".", 2)
+            state[int(idx)][key] = value.to(device) if key != "step" else value
+    groups = [{**g, "betas": tuple(g["betas"])} for g in groups]
+    opt.load_state_dict({"state": dict(state), "param_groups": groups})
+
+
+def save_checkpoint(folder: Path, step: int, models: dict, opts: dict, meta: dict) -> None:
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, model in models.items():
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            tmp / f"{name}.safetensors",
+        )
+    optim, groups = {}, {}
+    for name, opt in opts.items():
+        tensors, groups[name] = optimizer_tensors(opt, name)
+        optim.update(tensors)
+    save_file(optim, tmp / "optim.safetensors")
+    rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+    (tmp / "state.json").write_text(
+        json.dumps({**meta, "step": step, "param_groups": groups, "torch_rng": rng})
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    for old in folder.parent.glob("step-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    done = sorted(p for p in directory.glob("step-*") if (p / "state.json").exists())
+    return done[-1] if done else None
+
+
+def load_checkpoint(folder: Path, models: dict, opts: dict, device) -> dict:
+    meta = json.loads((folder / "state.json").read_text())
+    for name, model in models.items():
+        model.load_state_dict(load_file(folder / f"{name}.safetensors"))
+    optim = load_file(folder / "optim.safetensors")
+    for name, opt in opts.items():
+        load_optimizer(opt, optim, meta["param_groups"][name], name, device)
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(meta["torch_rng"])), dtype=torch.uint8))
+    return meta
+
+
+# --- the script ------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train canvas-gan (StyleGAN2-lite) on the Canvas world.")
+    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.0025)
+    parser.add_argument("--r1-gamma", type=float, default=0.05)
+    parser.add_argument("--r1-interval", type=int, default=16)
+    parser.add_argument("--ema-kimg", type=float, default=10.0, help="EMA half-life in thousands of images")
+    g_default = ",".join(map(str, GeneratorConfig().channels))
+    d_default = ",".join(map(str, DiscriminatorConfig().channels))
+    parser.add_argument("--g-channels", default=g_default, help="generator channels at 4,8,16,32 px")
+    parser.add_argument("--d-channels", default=d_default, help="discriminator channels at 32,16,8,4 px")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--log-every", type=int, default=500)
+    parser.add_argument("--log-samples", type=int, default=520)
+    parser.add_argument("--checkpoint-every", type=int, default=1000)
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=60.0,
+        help="stop (checkpointed, written) after this run's minutes; 0 = off",
+    )
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--checkpoint-dir", type=Path, default=ROOT / "checkpoints" / "canvas-gan")
+    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "canvas-gan")
+    parser.add_argument("--train-seeds", type=int, default=len(TRAIN_SEEDS), help="real images: seeds x 130")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    g_config = GeneratorConfig(channels=tuple(int(c) for c in args.g_channels.split(",")))
+    d_config = DiscriminatorConfig(channels=tuple(int(c) for c in args.d_channels.split(",")))
+    G, D = Generator(g_config).to(device), Discriminator(d_config).to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G, opt_D = make_optimizers(G, D, args.lr, args.r1_interval)
+    models, opts = {"G": G, "G_ema": G_ema, "D": D}, {"G": opt_G, "D": opt_D}
+    # What a resumed run must share with its checkpoint (how long or how verbosely it runs may change).
+    same = (
+        "batch",
+        "lr",
+        "r1_gamma",
+        "r1_interval",
+        "ema_kimg",
+        "g_channels",
+        "d_channels",
+        "seed",
+        "train_seeds",
+    )
+    recipe = {k: getattr(args, k) for k in same}
+    meta = {"recipe": recipe, "generator": config_to_json(g_config), "discriminator": asdict(d_config)}
+
+    step, elapsed, history = 0, 0.0, []
+    latest = latest_checkpoint(args.checkpoint_dir) if args.resume else None
+    if latest is not None:
+        if json.loads((latest / "state.json").read_text())["recipe"] != recipe:
+            raise SystemExit(
+                f"the checkpoint in {latest} was made with other settings ({', '.join(same)}); "
+                "resume with the same ones."
+            )
+        saved = load_checkpoint(latest, models, opts, device)
+        step, elapsed, history = saved["step"], saved["elapsed"], saved["history"]
+        print(f"resuming from {latest} at step {step}")
+    elif args.resume:
+        print(f"no checkpoint in {args.checkpoint_dir}; starting afresh")
+
+    images, _, _ = render_pool(TRAIN_SEEDS[: args.train_seeds])
+    data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)  # uint8, 3.1 KB per image
+    judges, real_features = None, None
+    try:
+        from eval.judges.models import load_judges
+
+        judges = load_judges(device)
+        real_features = judges.features(to_tensor(render_pool(MONITOR_REAL_SEEDS)[0])).cpu()
+    except FileNotFoundError as err:
+        print(f"no judged monitoring: {err}")
+    monitor_z = torch.randn(args.log_samples, g_config.z_dim, generator=torch.Generator().manual_seed(1234))
+
+    def monitor(z) -> dict | None:
+        return judged_stats(sample_images(G_ema, z.to(device)), judges, real_features) if judges else None
+
+    start = time.time() - elapsed  # training seconds so far, over every resumed run
+    invocation = time.time()
+    budget = args.max_minutes * 60 if args.max_minutes > 0 else math.inf
+    stopped_early, done = False, step
+    bar = tqdm(range(step, args.steps), desc="canvas-gan", initial=step, total=args.steps, dynamic_ncols=True)
+    for step in bar:
+        real = data[torch.randint(len(data), (args.batch,), device=device)].float() / 127.5 - 1
+        g_loss, fake = generator_step(G, D, opt_G, args.batch, device)
+        do_r1 = step % args.r1_interval == 0
+        d_out = discriminator_step(D, opt_D, real, fake, args.r1_gamma, args.r1_interval, do_r1)
+        ema_nimg = min(args.ema_kimg * 1000, (step + 1) * args.batch * 0.05)
+        update_ema(G_ema, G, 0.5 ** (args.batch / max(ema_nimg, 1e-8)))
+        if not (math.isfinite(g_loss) and math.isfinite(d_out["d"])):
+            raise SystemExit(f"training diverged at step {step}: g {g_loss}, d {d_out['d']}.")
+        bar.set_postfix(g=f"{g_loss:.3f}", d=f"{d_out['d']:.3f}", refresh=False)
+        done = step + 1
+        if done % args.log_every == 0 and judges is not None:
+            stats = monitor(monitor_z)
+            history.append(
+                {"step": done, "seconds": round(time.time() - start, 1), "g": g_loss, **d_out, **stats}
+            )
+            tqdm.write(f"step {done}: {describe(stats)}")
+        out_of_time = time.time() - invocation > budget
+        if done % args.checkpoint_every == 0 or out_of_time or done == args.steps:
+            meta.update(elapsed=time.time() - start, history=history)
+            save_checkpoint(args.checkpoint_dir / f"step-{done:06d}", done, models, opts, meta)
+        if out_of_time and done < args.steps:
+            tqdm.write(f"--max-minutes {args.max_minutes:g} reached at step {done}; stopping and saving.")
+            stopped_early = True
+            break
+    bar.close()
+    final_step = done
+
+    summary = {"steps": final_step, "stopped_early": stopped_early, "seconds": round(time.time() - start, 1)}
+    final_z = torch.randn(2080, g_config.z_dim, generator=torch.Generator().manual_seed(4321))
+    if judges is not None:
+        summary["judged_2080_samples"] = monitor(final_z)
+        print(f"final EMA generator, 2080 samples: {describe(summary['judged_2080_samples'])}")
+    summary["recipe"] = {**recipe, "steps": args.steps}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_generator(G_ema.cpu(), tmp, extra={"training": summary})
+    sample_sheet(sample_images(G_ema, final_z[:130])).save(tmp / "samples.png")
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    tmp.rename(args.out)
+    print(f"canvas-gan written to {args.out} after {final_step} steps in {summary['seconds']:.0f} s")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

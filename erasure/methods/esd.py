@@ -1,0 +1,228 @@
+"""ESD: erasing concepts from diffusion models with negative guidance (Gandikota et al., ICCV 2023).
+
+A frozen copy of the original UNet is the teacher; a trainable copy learns to predict, for the concept prompt c,
+what the teacher would predict with the concept *negatively* guided:
+
+    target = eps*(x_t, '') - eta * (eps*(x_t, c) - eps*(x_t, ''))        (eps* = frozen teacher)
+    loss   = MSE(eps(x_t, c), target)                                      (eps  = trainable UNet)
+
+x_t is not a noised training image: it comes from partial generation. Each iteration draws a stop index i in
+[0, ddim_steps - 1], runs i DDIM steps (classifier-free guidance `sample_guidance`) from pure noise with the
+*trainable* UNet and prompt c, and uses the DDIM timestep t_i the latent has reached (the one the sampler would
+denoise next). The trainable model sampling its own x_t is the paper's Algorithm 1 and the CompVis training script
+(`quick_sample_till_t` with the model being trained); the later diffusers script (esd_sd.py) samples with the
+frozen model instead (`sample_with="frozen"`). The CompVis script queries the teacher at a DDPM timestep drawn
+near i/ddim_steps * 1000, which is not the noise level x_t is at after i steps; like esd_sd.py we use t_i.
+
+Trainable parameters (`train_method`), as named by the CompVis script:
+  'xattn'   (ESD-x, styles): every parameter of every cross-attention module `attn2` (to_q, to_k, to_v, to_out).
+  'noxattn' (ESD-u, objects): every UNet parameter except `attn2`, the time-embedding MLP (`time_embedding`) and
+            the output head (`conv_norm_out`, `conv_out`): CompVis skips 'attn2', 'time_embed' and 'out.'.
+  'full'    every UNet parameter.
+The text encoder and the VAE never train. ESD has no anchor: the concept is guided away from the unconditional
+prediction, so `request.anchor` is recorded but unused.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+from diffusers.utils import logging as diffusers_logging
+
+from erasure.methods.base import encode_prompts
+
+TRAIN_METHODS = ("xattn", "noxattn", "full")
+_NOXATTN_SKIP = ("time_embedding.", "conv_norm_out.", "conv_out.")
+
+
+@dataclass
+class ESDConfig:
+    """ESD's settings. The field defaults are the paper's SD 1.4 ones for a style (ESD-x); `ESDConfig.sd("object")`
+    gives ESD-u and `ESDConfig.canvas(kind)` the Canvas settings.
+
+    Sources: the CompVis script behind the paper (README example 'compvis-word_VanGogh-method_xattn-sg_3-ng_1-
+    iter_1000-lr_1e-05': 1000 iterations, lr 1e-5, start guidance 3, negative guidance 1, DDIM 50, batch 1, Adam);
+    the later diffusers scripts default to 200 iterations with lr 2e-5 (esd_diffusers.py) or 5e-5 with negative
+    guidance 2 (esd_sd.py).
+    """
+
+    steps: int = 1000  # iterations (one optimizer step each)
+    batch_size: int = 1  # partial generations per iteration
+    learning_rate: float = 1e-5  # Adam
+    negative_guidance: float = 1.0  # eta
+    train_method: str = "xattn"  # 'xattn' (ESD-x) for styles, 'noxattn' (ESD-u) for objects, or 'full'
+    ddim_steps: int = 50  # DDIM schedule of the partial generation
+    sample_guidance: float = 3.0  # classifier-free guidance while generating x_t ('start_guidance')
+    sample_with: str = "trainable"  # 'trainable' (paper, CompVis script) or 'frozen' (esd_sd.py)
+    use_request_prompts: bool = (
+        False  # False: the concept's name is c (paper); True: the request's target prompts
+    )
+    mixed_precision: str = "no"  # 'no' or 'bf16'
+    checkpoint_every: int = 250  # iterations between checkpoints when a checkpoint folder is given
+    divergence_factor: float = 100.0  # a loss above this multiple of its running mean stops the run
+
+    def __post_init__(self):
+        if self.train_method not in TRAIN_METHODS:
+            raise ValueError(
+                f"train_method must be one of {', '.join(TRAIN_METHODS)}, not {self.train_method!r}."
+            )
+        if self.sample_with not in ("trainable", "frozen"):
+            raise ValueError(f"sample_with must be 'trainable' or 'frozen', not {self.sample_with!r}.")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"ESD supports mixed_precision 'no' or 'bf16', not {self.mixed_precision!r}.")
+        if self.ddim_steps < 1:
+            raise ValueError("ddim_steps must be at least 1.")
+
+    @classmethod
+    def sd(cls, kind: str = "style") -> ESDConfig:
+        """The paper's SD 1.4 settings: ESD-x for styles, ESD-u for objects (same iterations and lr)."""
+        return cls(train_method="xattn" if kind == "style" else "noxattn")
+
+    @classmethod
+    def canvas(cls, kind: str = "style") -> ESDConfig:
+        """Canvas-sd, with at least DoCo's canvas compute (`DoCoConfig.canvas`), counted in single-sample UNet passes.
+
+        DoCo: 64 anchor images x 20 DDIM steps x 2 (guidance) = 2560 forwards; 70 warm-up steps x 2 forwards x 8
+        = 1120; 280 UNet steps x (teacher 8 + prior 8 + target 8) = 6720 forwards and 280 x 16 = 4480 backwards.
+        Total 10400 forwards, 4480 backwards.
+        ESD, batch 8, 560 iterations: 4480 backwards (= DoCo's); forwards per sample = 2 x E[i] (partial
+        generation with guidance, E[i] = (20 - 1) / 2 = 9.5) + 2 (teacher) + 1 (trainable) = 22, so ~98560
+        forwards, ~9.5x DoCo's (generation is what ESD costs). About 1.5-2.5 s per iteration on 2 busy cores:
+        15-20 minutes per concept.
+        Learning rate: 5e-5 for ESD-x (esd_sd.py's default; 560 updates instead of 1000, on a model whose weights
+        are several times larger than SD's); ESD-u keeps the paper's 1e-5, since it moves every convolution.
+        The concept's world captions are the prompts c: canvas-sd was trained on captions only.
+        """
+        from erasure.canvas.sd_config import INFERENCE_STEPS
+
+        return replace(
+            cls.sd(kind),
+            steps=560,
+            batch_size=8,
+            learning_rate=5e-5 if kind == "style" else 1e-5,
+            ddim_steps=INFERENCE_STEPS,
+            use_request_prompts=True,
+            checkpoint_every=100,
+        )
+
+    @classmethod
+    def defaults(cls, kind: str, canvas: bool) -> ESDConfig:
+        return cls.canvas(kind) if canvas else cls.sd(kind)
+
+    def with_steps(self, steps: int) -> ESDConfig:
+        return replace(self, steps=steps)
+
+    def unet_passes(self) -> dict[str, float]:
+        """Expected single-sample UNet passes of a run: {'forward': ..., 'backward': ...}."""
+        samples = self.steps * self.batch_size
+        mean_stop = (self.ddim_steps - 1) / 2
+        return {"forward": samples * (2 * mean_stop + 3), "backward": float(samples)}
+
+
+def esd_parameters(unet: torch.nn.Module, train_method: str) -> dict[str, torch.nn.Parameter]:
+    """The UNet parameters ESD trains for `train_method` (see the module docstring), by name."""
+    if train_method not in TRAIN_METHODS:
+        raise ValueError(f"train_method must be one of {', '.join(TRAIN_METHODS)}, not {train_method!r}.")
+    params = {}
+    for name, p in unet.named_parameters():
+        cross = ".attn2." in f".{name}"
+        if (
+            train_method == "full"
+            or (train_method == "xattn" and cross)
+            or (train_method == "noxattn" and not cross and not name.startswith(_NOXATTN_SKIP))
+        ):
+            params[name] = p
+    if not params:
+        raise ValueError(f"the UNet has no parameters for ESD's train_method {train_method!r}.")
+    return params
+
+
+@torch.no_grad()
+def sample_until(unet, scheduler, latents, cond, uncond, stop: int, guidance: float) -> torch.Tensor:
+    """Run the first `stop` steps of `scheduler`'s DDIM schedule from `latents` with classifier-free guidance.
+
+    `cond` is (B, L, D), `uncond` (1, L, D); `scheduler.set_timesteps` must have been called. The same update as
+    StableDiffusionPipeline's loop (eta 0): after `stop` steps the latent is at timestep `scheduler.timesteps[stop]`.
+    """
+    uncond = uncond.expand(len(latents), -1, -1)
+    context = torch.cat([uncond, cond])
+    for t in scheduler.timesteps[:stop]:
+        x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        eps_uncond, eps_cond = unet(x_in, t, encoder_hidden_states=context).sample.float().chunk(2)
+        eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        latents = scheduler.step(eps, t, latents).prev_sample
+    return latents
+
+
+@torch.no_grad()
+def esd_target(teacher, x_t, t, cond, uncond, negative_guidance: float) -> torch.Tensor:
+    """eps*(x_t, '') - eta * (eps*(x_t, c) - eps*(x_t, '')): the frozen teacher, negatively guided."""
+    uncond = uncond.expand(len(x_t), -1, -1)
+    t = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t
+    context = torch.cat([uncond, cond])
+    eps_uncond, eps_cond = (
+        teacher(torch.cat([x_t, x_t]), t, encoder_hidden_states=context).sample.float().chunk(2)
+    )
+    return eps_uncond - negative_guidance * (eps_cond - eps_uncond)
+
+
+def run(pipeline, request, config: ESDConfig, session):
+    """Train ESD on `pipeline` for `request`; returns a new pipeline sharing every component but the UNet."""
+    accelerator, device, gen = session.accelerator, session.device, session.generator
+
+    # 1. Models: the input UNet becomes the frozen teacher; a copy trains the parameters of `train_method`.
+    for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
+        module.requires_grad_(False).to(device)
+    teacher = pipeline.unet.eval()
+    unet = copy.deepcopy(teacher).train()
+    params = esd_parameters(unet, config.train_method)
+    for p in params.values():
+        p.requires_grad_(True)
+    sampler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    sampler.set_timesteps(config.ddim_steps, device=device)
+    sampling_unet = unet if config.sample_with == "trainable" else teacher
+
+    # 2. Prompts: the concept's name (paper), or the request's target prompts (Canvas: world captions).
+    prompts = list(request.target_prompts) if config.use_request_prompts else [request.concept]
+    cond_emb = encode_prompts(pipeline, prompts, device)
+    uncond_emb = encode_prompts(pipeline, [""], device)
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    shape = (config.batch_size, unet.config.in_channels, *size)
+
+    # 3. Optimizer (Adam, as both official scripts) and checkpoint state.
+    optimizer = accelerator.prepare(torch.optim.Adam(list(params.values()), lr=config.learning_rate))
+    session.track({f"unet.{n}": p for n, p in params.items()}, {"unet": optimizer})
+
+    # 4. The loop.
+    for step in range(session.start_step(), config.steps):
+        k = torch.randint(len(prompts), (config.batch_size,), generator=gen, device=device)
+        cond = cond_emb[k]
+        stop = int(torch.randint(config.ddim_steps, (1,), generator=gen, device=device))
+        noise = torch.randn(shape, generator=gen, device=device) * sampler.init_noise_sigma
+        with accelerator.autocast():
+            x_t = sample_until(sampling_unet, sampler, noise, cond, uncond_emb, stop, config.sample_guidance)
+            t = sampler.timesteps[stop].expand(config.batch_size)
+            target = esd_target(teacher, x_t, t, cond, uncond_emb, config.negative_guidance)
+            pred = unet(x_t, t, encoder_hidden_states=cond).sample.float()
+        loss = F.mse_loss(pred, target)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        for p in params.values():
+            if p.grad is not None:
+                p.grad = accelerator.reduce(p.grad, "mean")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        session.end_step(step, {"esd": loss.item()})
+
+    unet.requires_grad_(False).eval()
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # from_pipe's dtype pass warns about casting; nothing is cast
+    try:
+        return type(pipeline).from_pipe(pipeline, unet=unet)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)

@@ -1,0 +1,323 @@
+"""Evaluate a GAN unlearning on the Canvas world, and write the run folder of `python -m erasure.run --model canvas-gan`.
+
+    numbers, definitions = evaluate_gan(before, after, ["van gogh"], load_judges())
+
+Both generators draw the same `n` fixed latents (const noise); the judges (assets/judges, independent of canvas-clip,
+which guided the unlearning) say which style and object every sample shows. Each number's definition is returned
+beside it and lands in metrics.json and report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from scipy.stats import wasserstein_distance
+
+from erasure.canvas.data import CHECK_SEED_BASE, render_pool, to_tensor
+from erasure.canvas.world import OBJECTS, STYLES
+from erasure.gan.stylegan import Generator, load_generator, save_generator, to_unit
+from erasure.gan.text_unlearn import TextUnlearnConfig, canonical_concept, unlearn
+from eval.grid import image_grid
+from eval.judges.models import Judges, world_prompt
+from eval.metrics import frechet_distance
+from eval.report import write_report
+
+ASSETS = Path(os.environ.get("ERASURE_ASSETS", Path(__file__).resolve().parents[1] / "assets"))
+GAN_DIR = ASSETS / "canvas-gan"
+EVAL_SEED = 2024  # the evaluation's fixed latents; unlearning pools its latents from other seeds
+REAL_SEEDS = range(CHECK_SEED_BASE + 300, CHECK_SEED_BASE + 316)  # 16 held-out renders per (style, object)
+CLASSES = {"style": STYLES, "object": OBJECTS}
+
+
+# --- the metrics, one function each ------------------------------------------------------------------------------
+def histogram(labels: list[str], classes) -> dict[str, float]:
+    """Share of `labels` equal to each class: count(c) / len(labels)."""
+    counts = Counter(labels)
+    return {c: counts[c] / max(len(labels), 1) for c in classes}
+
+
+def rest_tv(before: list[str], after: list[str], classes, erased) -> float:
+    """TV = 1/2 sum_{c in K} |p(c) - q(c)|, K = classes minus `erased`, p(c) = #before judged c / #before judged in K.
+
+    q likewise for `after`: both histograms are renormalised over the classes that were not erased, so moving the
+    erased samples elsewhere counts only as far as it changes the *relative* frequency of the other classes.
+    0 = the same; 1 = disjoint. NaN when either side has no sample in K.
+    """
+    kept = [c for c in classes if c not in set(erased)]
+    counts_b, counts_a = Counter(before), Counter(after)
+    total_b, total_a = sum(counts_b[c] for c in kept), sum(counts_a[c] for c in kept)
+    if not total_b or not total_a:
+        return float("nan")
+    return 0.5 * sum(abs(counts_b[c] / total_b - counts_a[c] / total_a) for c in kept)
+
+
+def gamma(scores_before, scores_after) -> float:
+    """gamma = W1(P, Q), the Wasserstein-1 distance between two empirical 1-D score distributions (scipy).
+
+    For equal sample sizes it is the mean absolute difference of the sorted scores.
+    """
+    return float(wasserstein_distance(list(map(float, scores_before)), list(map(float, scores_after))))
+
+
+# --- sampling ----------------------------------------------------------------------------------------------------
+def fixed_latents(generator: Generator, n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, generator.config.z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def sample(generator: Generator, z: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    """[0, 1] images of `z` with const noise, on CPU."""
+    device = next(generator.parameters()).device
+    generator.eval()
+    return torch.cat(
+        [
+            to_unit(generator(z[i : i + batch].to(device), noise_mode="const")).cpu()
+            for i in range(0, len(z), batch)
+        ]
+    )
+
+
+def concept_text(judges: Judges, concept: str, kind: str) -> torch.Tensor:
+    """Unit judge-clip text embedding of a concept: the normalised mean over the other attribute of world_prompt."""
+    texts = (
+        [world_prompt(concept, o) for o in OBJECTS]
+        if kind == "style"
+        else [world_prompt(s, concept) for s in STYLES]
+    )
+    return torch.nn.functional.normalize(judges.clip_text(texts).mean(0), dim=0)
+
+
+def real_features(judges: Judges, erased: list[tuple[str, str]], batch: int = 520) -> torch.Tensor:
+    """Judge features of held-out real renders (REAL_SEEDS per pair), pairs with an erased style or object left out."""
+    styles = [s for s in STYLES if (s, "style") not in erased]
+    objects = [o for o in OBJECTS if (o, "object") not in erased]
+    images = to_tensor(render_pool(REAL_SEEDS, styles, objects)[0])
+    return torch.cat([judges.features(x).cpu() for x in images.split(batch)])
+
+
+def _judge(judges: Judges, images: torch.Tensor, batch: int = 500):
+    styles, objects, features = [], [], []
+    for x in images.split(batch):
+        s, o = judges.predict(x)
+        styles += s
+        objects += o
+        features.append(judges.features(x).cpu())
+    return {"style": styles, "object": objects}, torch.cat(features)
+
+
+def _shows(verdicts: dict[str, list[str]], erased: list[tuple[str, str]]) -> list[bool]:
+    n = len(verdicts["style"])
+    return [any(verdicts[kind][i] == c for c, kind in erased) for i in range(n)]
+
+
+def evaluate_gan(
+    before: Generator,
+    after: Generator,
+    concepts: list[str] | str,
+    judges: Judges,
+    n: int = 2000,
+    seed: int = EVAL_SEED,
+    seconds: float | None = None,
+) -> tuple[dict, dict]:
+    """(numbers, definitions) for unlearning `concepts` from `before` into `after` on `n` fixed latents."""
+    start = time.perf_counter()
+    erased = [canonical_concept(c) for c in ([concepts] if isinstance(concepts, str) else concepts)]
+    names = ", ".join(c for c, _ in erased)
+    z = fixed_latents(before, n, seed)
+    images = {"before": sample(before, z), "after": sample(after, z)}
+    verdicts, features = {}, {}
+    for side, x in images.items():
+        verdicts[side], features[side] = _judge(judges, x)
+    shows = {side: _shows(verdicts[side], erased) for side in images}
+    real = real_features(judges, erased)
+
+    numbers = {
+        "concept_share_before": sum(shows["before"]) / n,
+        "concept_share_after": sum(shows["after"]) / n,
+    }
+    kinds = sorted({kind for _, kind in erased})
+    tv = {
+        kind: rest_tv(
+            verdicts["before"][kind],
+            verdicts["after"][kind],
+            CLASSES[kind],
+            [c for c, k in erased if k == kind],
+        )
+        for kind in kinds
+    }
+    numbers["rest_tv"] = max(tv.values())
+    other = [k for k in CLASSES if k not in kinds]
+    numbers["cross_tv"] = (
+        rest_tv(verdicts["before"][other[0]], verdicts["after"][other[0]], CLASSES[other[0]], [])
+        if other
+        else None
+    )
+    for side in images:
+        keep = [i for i, s in enumerate(shows[side]) if not s]
+        numbers[f"fd_{side}"] = (
+            frechet_distance(features[side][keep], real) if len(keep) > 1 else float("nan")
+        )
+
+    per_concept = {}
+    try:
+        clip_scores = {side: judges.clip_image(x) for side, x in images.items()}
+        for c, kind in erased:
+            text = concept_text(judges, c, kind)
+            scores = {side: (100 * emb.cpu() @ text.cpu()).tolist() for side, emb in clip_scores.items()}
+            per_concept[c] = {"gamma": gamma(scores["before"], scores["after"])}
+        numbers["gamma"] = sum(v["gamma"] for v in per_concept.values()) / len(per_concept)
+        gamma_note = ""
+    except FileNotFoundError as err:
+        numbers["gamma"] = None
+        gamma_note = f" null here: {err}"
+    for c, kind in erased:
+        for side in images:
+            share = sum(v == c for v in verdicts[side][kind]) / n
+            per_concept.setdefault(c, {})[f"share_{side}"] = share
+    numbers["seconds"] = seconds
+    numbers["eval_seconds"] = time.perf_counter() - start
+    numbers["n"] = n
+    for side in images:
+        for kind, classes in CLASSES.items():
+            numbers[f"{kind}_share_{side}"] = histogram(verdicts[side][kind], classes)
+    if len(erased) > 1:
+        numbers["per_concept"] = per_concept
+
+    judged = "judged by the style / object judges (assets/judges, top-1)"
+    kind_text = " and ".join(f"{k}s" for k in kinds)
+    definitions = {
+        "latents": f"{n} fixed latents z ~ N(0, I) (torch seed {seed}), const noise, the same for both generators",
+        "concept_share_before": f"share of the original generator's samples {judged} as an unlearnt concept ({names})",
+        "concept_share_after": "the same share for the unlearnt generator",
+        "rest_tv": (
+            f"total-variation distance 1/2 sum_c |p(c) - q(c)| between the judged histograms of the {kind_text} that "
+            "were not unlearnt, before (p) and after (q), each renormalised over those classes; the largest over the "
+            "unlearnt concepts' kinds"
+        ),
+        "cross_tv": (
+            "the same distance for the other kind's full histogram (objects when styles are unlearnt, and vice "
+            "versa); null when both kinds are unlearnt"
+        ),
+        "fd_before": (
+            "Frechet distance of judge features (style + object penultimate layers) between the original "
+            f"generator's samples not judged as {names} and {len(REAL_SEEDS)} held-out real renders per (style, "
+            "object) pair without an unlearnt style or object"
+        ),
+        "fd_after": "the same Frechet distance for the unlearnt generator's samples not judged as an unlearnt concept",
+        "gamma": (
+            "Wasserstein-1 distance (scipy.stats.wasserstein_distance) between the distributions of judge-clip "
+            "scores 100 * cos(image, concept text) over the samples, before vs after; concept text = normalised mean "
+            "judge-clip embedding of world_prompt over the other attribute; mean over the unlearnt concepts"
+            + gamma_note
+        ),
+        "seconds": "wall-clock seconds of the unlearning itself (canvas-clip pool + training), evaluation excluded",
+        "eval_seconds": "wall-clock seconds of this evaluation",
+        "n": "number of fixed latents",
+        "style_share_before": f"share of samples {judged} as each style (also _after, object_share_before/_after)",
+    }
+    if len(erased) > 1:
+        definitions["per_concept"] = "each concept's own judged share before / after and gamma"
+    return numbers, definitions
+
+
+def comparison_grid(
+    before: Generator, after: Generator, concepts, judges: Judges, seed: int = EVAL_SEED, rows: int = 8
+):
+    """Same latents in both columns: up to rows/2 samples judged as a concept before, then others; verdicts below."""
+    erased = [canonical_concept(c) for c in ([concepts] if isinstance(concepts, str) else concepts)]
+    z = fixed_latents(before, 400, seed)
+    x_before = sample(before, z)
+    shows = _shows(dict(zip(("style", "object"), judges.predict(x_before))), erased)
+    hits = [i for i, s in enumerate(shows) if s][: rows // 2]
+    others = [i for i, s in enumerate(shows) if not s][: rows - len(hits)]
+    pick = hits + others
+    columns = {"original": x_before[pick], "unlearnt": sample(after, z[pick])}
+    verdicts = {}
+    for name, x in columns.items():
+        styles, objects = judges.predict(x)
+        verdicts[name] = [f"{s} / {o}" for s, o in zip(styles, objects)]
+    labels = [f"z{i}" + (" (concept)" if shows[i] else "") for i in pick]
+    return image_grid(columns, labels, verdicts)
+
+
+# --- the run folder ---------------------------------------------------------------------------------------------
+def run_gan(
+    concepts: list[str],
+    out: Path,
+    steps: int | None = None,
+    seed: int = 0,
+    evaluate: bool = True,
+    model_dir: Path = GAN_DIR,
+    n: int = 2000,
+) -> Path:
+    """Unlearn `concepts` from the generator in `model_dir` and write, atomically (temp folder renamed to `out`):
+    generator/ (model.safetensors + config.json), unlearning.json, metrics.json, grid.png, report.html.
+    """
+    from eval.judges.models import load_judges
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base = load_generator(model_dir, device)
+    config = TextUnlearnConfig(seed=seed, **({"steps": steps} if steps is not None else {}))
+    new, info = unlearn(base, concepts, config=config)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        info["base"] = str(model_dir)
+        save_generator(
+            new.cpu(),
+            tmp / "generator",
+            extra={"unlearning": {k: v for k, v in info.items() if k != "history"}},
+        )
+        (tmp / "unlearning.json").write_text(json.dumps(info, indent=2))
+        metrics = {"seconds": info["seconds"]}
+        definitions = {"seconds": "wall-clock seconds of the unlearning itself (canvas-clip pool + training)"}
+        if evaluate:
+            judges = load_judges(device)
+            base, new = base.to(device), new.to(device)
+            metrics, definitions = evaluate_gan(base, new, concepts, judges, n=n, seconds=info["seconds"])
+            grid = comparison_grid(base, new, concepts, judges)
+            grid.save(tmp / "grid.png")
+            names = ", ".join(c["concept"] for c in info["concepts"])
+            row = {
+                "method": "text-to-unlearn",
+                "concept": names,
+                "train": config.train,
+                "steps": config.steps,
+            }
+            row.update(
+                {k: v for k, v in metrics.items() if isinstance(v, float | int) and not isinstance(v, bool)}
+            )
+            write_report(
+                tmp / "report.html",
+                f"Unlearning {names} from canvas-gan with Text-to-Unlearn",
+                [row],
+                definitions,
+                images={"grid (same latents; judge verdict: style / object)": grid},
+                bars={
+                    "judged concept share, before / after": {
+                        "before": metrics["concept_share_before"],
+                        "after": metrics["concept_share_after"],
+                    },
+                    "judged style shares after": metrics["style_share_after"],
+                    "judged object shares after": metrics["object_share_after"],
+                },
+            )
+        metrics = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+        (tmp / "metrics.json").write_text(json.dumps({**metrics, "definitions": definitions}, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out

@@ -1,0 +1,121 @@
+"""The benchmark end to end on the tiny pipeline (2 methods x 1 concept, random-weight judges), and its CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import erasure.erase
+import eval.evaluate
+from erasure.canvas.world import ARTIST_STYLES, OBJECTS, STYLES
+from erasure.methods.doco import DoCoConfig
+from eval import bench
+from eval.answer_set import world_items
+from eval.evaluate import EvalSettings
+from eval.judges.models import ConvJudge, Judges, create_judge_clip
+
+TINY_DOCO = {
+    "steps": 3,
+    "d_warmup": 1,
+    "batch_size": 2,
+    "learning_rate": 1e-3,
+    "num_anchor_images": 4,
+    "anchor_steps": 2,
+    "anchor_batch": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def random_judges() -> Judges:
+    torch.manual_seed(0)
+    style, obj = ConvJudge(len(STYLES)).eval(), ConvJudge(len(OBJECTS)).eval()
+    clip, tokenizer = create_judge_clip()
+    return Judges(style, obj, torch.device("cpu"), clip=clip.eval(), clip_tokenizer=tokenizer)
+
+
+def test_parse_inputs():
+    assert bench.parse_concepts("styles") == [(s, "style") for s in ARTIST_STYLES]
+    assert len(bench.parse_concepts("all")) == len(ARTIST_STYLES) + len(OBJECTS)
+    assert bench.parse_concepts("kitten, Monet,cat") == [("cat", "object"), ("monet", "style")]
+    with pytest.raises(bench.UsageError, match="unknown concept 'rembrandt'"):
+        bench.parse_concepts("monet,rembrandt")
+    with pytest.raises(bench.UsageError, match="unknown concept 'plain'"):
+        bench.parse_concepts("plain")  # the anchor, not an erasable concept
+    assert bench.parse_methods("uce, doco,uce", ["doco", "uce"]) == ["uce", "doco"]
+    with pytest.raises(bench.UsageError, match="unknown method 'sld'; valid methods: doco, uce"):
+        bench.parse_methods("doco,sld", ["doco", "uce"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "doco,nope"], "unknown method 'nope'"),
+        (["--concepts", "rembrandt"], "unknown concept 'rembrandt'"),
+        (["--seeds", "0"], "--seeds"),
+        (["--model", "/no/such/folder", "--concepts", "monet"], "/no/such/folder"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(argv, message, tmp_path, capsys):
+    assert bench.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_end_to_end_and_rerun_skips_finished_cells(tiny_pipeline, random_judges, tmp_path, monkeypatch):
+    small = world_items(styles=["plain", "van gogh", "monet"], objects=["cat", "fish"])
+    monkeypatch.setattr(eval.evaluate, "world_items", lambda: small)
+    monkeypatch.setattr(eval.evaluate, "REAL_SEEDS", 1)
+    settings = EvalSettings(seeds=(0,), num_inference_steps=2, batch_size=16)
+    kwargs = {
+        "methods": ["doco", "uce"],
+        "concepts": [("van gogh", "style")],
+        "judges": random_judges,
+        "out": tmp_path / "bench",
+        "settings": settings,
+        "configs": {"doco": DoCoConfig(**TINY_DOCO)},
+        "model": "tiny",
+        "progress": False,
+    }
+    records = bench.run_bench(tiny_pipeline, **kwargs)
+    out = tmp_path / "bench"
+
+    assert [(r["method"], r["concept"]) for r in records] == [("doco", "van gogh"), ("uce", "van gogh")]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["model"] == "tiny" and len(saved["records"]) == 2 and "gap_to_doco" in saved["definitions"]
+    for r in saved["records"]:
+        assert r["mean"] == pytest.approx((r["ua"] + r["ira"] + r["cra"]) / 3)
+        assert (
+            r["storage_bytes"]
+            == (out / "deltas" / r["method"] / "van-gogh" / "delta.safetensors").stat().st_size
+        )
+        for key in ("ua", "ira", "cra", "alias_ua", "fd", "seconds", "peak_memory_bytes"):
+            assert key in r
+        assert {"ua", "ira", "cra", "fd", "storage_bytes"} <= set(r["definitions"])
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [row["method"] for row in rows] == ["doco", "uce"] and float(rows[1]["ua"]) == saved["records"][1][
+        "ua"
+    ]
+    table = (out / "results.md").read_text()
+    assert "## Styles: means over 1 concepts" in table and "| uce |" in table and "gap to DoCo" in table
+    assert "### van gogh (style, anchor plain)" in table and "**UA**" in table
+    for name in ("styles-ua.png", "styles-mean.png", "styles-storage_mb.png", "styles-ua_vs_ira.png"):
+        assert Image.open(out / "plots" / name).size[0] > 100
+    grid = Image.open(out / "grids" / "van-gogh.png")
+    assert grid.width > 3 * 96  # original + two methods
+    assert json.loads((out / "cells" / "uce" / "van-gogh.json").read_text())["method"] == "uce"
+    assert not (out / "checkpoints" / "doco" / "van-gogh").exists()  # removed once the cell is saved
+
+    def no_erasing(*args, **kwargs):
+        raise AssertionError("a finished cell was erased again")
+
+    monkeypatch.setattr(erasure.erase, "erase", no_erasing)
+    again = bench.run_bench(tiny_pipeline, **kwargs)
+    assert [r["ua"] for r in again] == [r["ua"] for r in records]
+
+    with pytest.raises(bench.UsageError, match="other settings"):
+        bench.run_bench(tiny_pipeline, **{**kwargs, "settings": EvalSettings(seeds=(0, 1))})
