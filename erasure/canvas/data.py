@@ -76,3 +76,15 @@ def augment(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
     if rng.random() < 0.5:
         x = x + torch.randn_like(x) * rng.uniform(0.0, 0.06)
     return x.clamp(0, 1)
+
+
+def multi_positive_clip_loss(logits: torch.Tensor, pair_ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss where every row with the same (style, object) pair counts as a positive.
+
+    The world has only 130 pairs, so a batch holds repeats; the plain CLIP loss would push them apart as negatives.
+    """
+    same = (pair_ids[:, None] == pair_ids[None, :]).float()
+    target = same / same.sum(1, keepdim=True)
+    per_image = torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+    per_text = torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean()
+    return 0.5 * (per_image + per_text)

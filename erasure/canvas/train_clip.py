@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
-from erasure.canvas.data import augment, render_pool, to_tensor
+from erasure.canvas.data import augment, multi_positive_clip_loss, render_pool, to_tensor
 from erasure.canvas.tokenizer import MAX_LENGTH, build_tokenizer
 from erasure.canvas.world import OBJECTS, STYLES, random_caption
 
@@ -99,13 +98,8 @@ def main(argv=None) -> None:
             texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
         )
         out = model(input_ids=tokens.input_ids, pixel_values=pixel_values(x))
-        same = (pair[idx][:, None] == pair[idx][None, :]).float()
-        target = same / same.sum(1, keepdim=True)
         logits = out.logits_per_image
-        loss = 0.5 * (
-            torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
-            + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean()
-        )
+        loss = multi_positive_clip_loss(logits, pair[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from erasure.canvas.data import TRAIN_SEEDS, augment, render_pool, to_tensor
+from erasure.canvas.data import TRAIN_SEEDS, augment, multi_positive_clip_loss, render_pool, to_tensor
 from erasure.canvas.world import OBJECTS, STYLES, random_caption
 from eval.judges.models import JUDGES_DIR, ConvJudge, clip_image_features, create_judge_clip
 
@@ -92,13 +92,7 @@ def train_clip(
         image_emb = clip_image_features(model, x)
         text_emb = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
         logits = model.logit_scale.exp() * image_emb @ text_emb.T
-        # Several rows of a batch share a (style, object) pair: all of them are positives, not negatives.
-        same = (pair[idx][:, None] == pair[idx][None, :]).float()
-        target = same / same.sum(1, keepdim=True)
-        loss = 0.5 * (
-            torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
-            + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean()
-        )
+        loss = multi_positive_clip_loss(logits, pair[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
