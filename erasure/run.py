@@ -115,7 +115,8 @@ def run(args) -> Path:
         base = load_pipeline(args.model)
     except PipelineLoadError as err:
         raise UsageError(str(err)) from None
-    erased = load_pipeline(args.model)
+    # erase() leaves its input untouched and returns a pipeline sharing every component but the UNet.
+    erased = base
     is_canvas = args.model == "canvas-sd"
 
     checkpoints = out.with_name(out.name + ".checkpoints")
@@ -257,5 +258,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     start = time.time()
     code = main()
-    print(f"done in {time.time() - start:.0f} s", file=sys.stderr) if code == 0 else None
+    if code == 0:
+        print(f"done in {time.time() - start:.0f} s", file=sys.stderr)
     sys.exit(code)

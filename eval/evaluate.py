@@ -215,7 +215,6 @@ def comparison_grid(
         rows += [(caption(PLAIN, concept, 0, object_name=a), PLAIN, concept) for a in OBJECT_ALIASES[concept]]
         rows += [(caption(PLAIN, o), PLAIN, o) for o in neighbours]
         rows += [(caption(s, neighbours[0]), s, neighbours[0]) for s in ARTIST_STYLES[1:3]]
-    single = EvalSettings((seed,), settings.num_inference_steps, settings.guidance_scale, settings.batch_size)
     columns, verdicts = {}, {}
     for name, pipe in pipes.items():
         answers = generate_answer_set(
@@ -223,9 +222,9 @@ def comparison_grid(
             rows,
             [seed],
             judges,
-            batch_size=single.batch_size,
-            num_inference_steps=single.num_inference_steps,
-            guidance_scale=single.guidance_scale,
+            batch_size=settings.batch_size,
+            num_inference_steps=settings.num_inference_steps,
+            guidance_scale=settings.guidance_scale,
             desc=f"grid ({name})",
         )
         columns[name] = answers.images

@@ -190,10 +190,6 @@ def train_unet(args, device, vae) -> None:
     text_encoder = CLIPTextModel.from_pretrained(clip_dir).to(device).eval()
     text_encoder.requires_grad_(False)
     vae.requires_grad_(False)
-    latent_mean, latent_std, style_labels, object_labels = encode_dataset(vae, device)
-    text_table = encode_captions(text_encoder, tokenizer, device)
-    scale = vae.config.scaling_factor
-
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     unet = build_unet(text_encoder.config.hidden_size).to(device)
@@ -222,6 +218,9 @@ def train_unet(args, device, vae) -> None:
         log(args.log, {"stage": "unet", "step": start_step, **judged_accuracy(pipe, seed=0)})
         write_pipeline(args.out, pipe)
         return
+    latent_mean, latent_std, style_labels, object_labels = encode_dataset(vae, device)
+    text_table = encode_captions(text_encoder, tokenizer, device)
+    scale = vae.config.scaling_factor
     bar = tqdm(
         range(start_step, args.unet_steps), desc="canvas-sd UNet", initial=start_step, total=args.unet_steps
     )
