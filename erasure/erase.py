@@ -85,9 +85,9 @@ def erase(
 ) -> ErasureResult:
     """Erase `concept` from a StableDiffusionPipeline with `method`; the input pipeline keeps its weights.
 
-    `config`: the method's Config, a dict of its fields, or None for its defaults (Canvas defaults on a Canvas
-    model, the official SD 1.x ones otherwise). `steps` overrides the configured number of steps. `kind` is only
-    needed for concepts the Canvas world does not know. `anchor_latents` skips anchor generation (see
+    `config`: the method's Config, or None for its defaults (Canvas defaults on a Canvas model, the official
+    SD 1.x ones otherwise), or a dict of fields that override those defaults. `steps` overrides the configured
+    number of steps. `kind` is only needed for concepts the Canvas world does not know. `anchor_latents` skips anchor generation (see
     ErasureRequest). With `checkpoint_dir`, checkpoints are written there; `resume=True` continues the latest
     one there (or starts afresh when there is none).
     """
@@ -95,10 +95,8 @@ def erase(
         raise ValueError(f"unknown erasure method {method!r}; valid methods: {', '.join(METHODS)}.")
     config_cls, run_method = METHODS[method]
     request = build_request(pipeline, concept, anchor=anchor, kind=kind, anchor_latents=anchor_latents)
-    if config is None:
-        config = config_cls.defaults(request.kind, canvas=request.canvas)
-    elif isinstance(config, dict):
-        config = config_cls(**config)
+    if config is None or isinstance(config, dict):
+        config = replace(config_cls.defaults(request.kind, canvas=request.canvas), **(config or {}))
     if steps is not None:
         config = config.with_steps(steps) if hasattr(config, "with_steps") else replace(config, steps=steps)
 

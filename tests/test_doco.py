@@ -11,8 +11,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
 from erasure.canvas import world
 from erasure.canvas.sd_config import SD_SCHEDULE
 from erasure.erase import ErasureDiverged, TrainingRun, erase
-from erasure.methods.base import build_request, cross_attention_kv, predicted_x0
-from erasure.methods.doco import DoCoConfig, PatchDiscriminator
+from erasure.methods.base import build_request, cross_attention_kv, encode_prompts, predicted_x0
+from erasure.methods.doco import DoCoConfig, PatchDiscriminator, RetainSpring
 from pipelines.delta import DELTA_FILE, META_FILE, apply_delta, load_delta, save_delta
 
 # A few steps of everything: 1 discriminator warm-up step, then UNet updates.
@@ -88,6 +88,13 @@ def test_canvas_requests(tiny_pipeline):
     assert all(" cat" in p for p in obj.target_prompts) and all(" fish" in p for p in obj.anchor_prompts)
     assert build_request(tiny_pipeline, "kitten").concept == "cat"  # an alias trains its main name
 
+    # Retain prompts: every caption of the other concepts of the kind, never the concept or its aliases.
+    others = len(world.STYLES) - 1
+    assert len(style.retain_prompts) == others * len(world.OBJECTS) * len(world.STYLE_TEMPLATES)
+    assert not any(n in p for p in style.retain_prompts for n in ("van gogh", *held_out))
+    assert set(style.anchor_prompts) <= set(style.retain_prompts)
+    assert not any(" cat" in p for p in obj.retain_prompts) and any(" fish" in p for p in obj.retain_prompts)
+
     with pytest.raises(world.UnknownConceptError, match="valid styles"):
         build_request(tiny_pipeline, "rembrandt")
     with pytest.raises(ValueError, match="empty"):
@@ -101,10 +108,43 @@ def test_real_model_requests_use_the_template_bank(tiny_pipeline):
     assert all(
         "van gogh" in t and "van gogh" not in a for t, a in zip(style.target_prompts, style.anchor_prompts)
     )
+    assert style.retain_prompts and not any("van gogh" in p for p in style.retain_prompts)
     obj = build_request(tiny_pipeline, "parachute", anchor="airplane", kind="object")
     assert all("airplane" in a for a in obj.anchor_prompts)
+    assert obj.retain_prompts and not any("parachute" in p for p in obj.retain_prompts)
     with pytest.raises(ValueError, match="anchor"):
         build_request(tiny_pipeline, "parachute", kind="object")
+
+
+def test_retain_spring_matches_autograd():
+    torch.manual_seed(0)
+    original = {"a": torch.randn(5, 3), "b": torch.randn(4, 3)}
+    embeddings = torch.randn(6, 7, 3)  # 6 prompts x 7 tokens
+    spring = RetainSpring(original, embeddings)
+    params = {n: (w + 0.1 * torch.randn_like(w)).requires_grad_(True) for n, w in original.items()}
+    tokens = embeddings.reshape(-1, 3)
+    by_hand = sum(
+        ((params[n] - original[n]) @ tokens.T).square().sum() / (original[n] @ tokens.T).square().sum()
+        for n in params
+    ) / len(params)
+    assert spring.loss(params) == pytest.approx(by_hand.item(), rel=1e-5)
+    by_hand.backward()
+    for grad, p in zip(spring.gradients(params), params.values()):
+        torch.testing.assert_close(grad, p.grad, rtol=1e-4, atol=1e-6)
+    assert spring.loss(original) == 0
+
+
+def test_retain_spring_keeps_other_prompts_keys(tiny_pipeline):
+    """With the spring, the K/V of the other concepts' prompts move less than without it (same seed)."""
+    request = build_request(tiny_pipeline, "van gogh")
+    tokens = encode_prompts(tiny_pipeline, request.retain_prompts, "cpu").reshape(-1, 32)
+    drift = {}
+    for weight in (0.0, 100.0):
+        config = DoCoConfig(**{**TINY, "learning_rate": 1e-2, "retain_weight": weight})
+        kv = cross_attention_kv(erase(tiny_pipeline, "van gogh", config=config, progress=False).pipeline.unet)
+        base = cross_attention_kv(tiny_pipeline.unet)
+        drift[weight] = sum(float(((kv[n] - base[n]) @ tokens.T).norm()) for n in kv)
+    assert drift[100.0] < 0.8 * drift[0.0]
 
 
 @pytest.mark.parametrize("size, down", [(64, 4), (16, 2), (8, 1)])
@@ -117,7 +157,8 @@ def test_discriminator_patch_map(size, down):
 
 # --- a short DoCo run -------------------------------------------------------------------------------------------
 def test_only_cross_attention_kv_changes(tiny_pipeline, tiny_pipeline_dir):
-    result = erase(tiny_pipeline, "van gogh", config=DoCoConfig(**TINY), progress=False)
+    result = erase(tiny_pipeline, "van gogh", config=TINY, progress=False)  # a dict overrides the defaults
+    assert result.config["retain_weight"] == DoCoConfig.canvas().retain_weight > 0
     base, edited = all_tensors(fresh(tiny_pipeline_dir)), all_tensors(result.pipeline)
     kv = {f"unet.{n}" for n in cross_attention_kv(result.pipeline.unet)}
     changed = {n for n in base if not torch.equal(base[n], edited[n])}

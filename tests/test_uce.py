@@ -83,6 +83,7 @@ def test_edit_texts():
     class Request:
         canvas, kind, concept, anchor = True, "style", "van gogh", world.PLAIN
         target_prompts, anchor_prompts = ["a cat in van gogh style"], ["a painting of a cat"]
+        retain_prompts = ("a cat in monet style", "a painting of a cat")
 
     pairs, preserve = edit_texts(Request, UCEConfig())
     assert pairs == [("van gogh", "")] and "monet" in preserve and len(preserve) == 11

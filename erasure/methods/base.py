@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +47,7 @@ class ErasureRequest:
     """What to erase: `concept` of `kind` ('style' | 'object'), pulled towards `anchor`.
 
     `target_prompts[i]` and `anchor_prompts[i]` are a pair: the same caption with the concept, and with the anchor.
+    `retain_prompts` name what must not change: the other concepts of the same kind in the same captions.
     `anchor_latents`, when given, replaces anchor generation: (N, C, h, w) scaled latents, latent i paired with
     prompt pair i % len(pairs) (used by tests and by callers that cache anchor images).
     """
@@ -56,6 +57,7 @@ class ErasureRequest:
     anchor: str
     target_prompts: list[str]
     anchor_prompts: list[str]
+    retain_prompts: list[str] = field(default_factory=list)
     canvas: bool = False
     anchor_latents: torch.Tensor | None = None
 
@@ -91,6 +93,7 @@ def build_request(
             anchor = world.PLAIN if kind == "style" else CANVAS_OBJECT_ANCHORS[concept]
         anchor = world.check_style(anchor) if kind == "style" else world.check_object(anchor)
         targets, anchors = canvas_prompt_pairs(concept, kind, anchor)
+        retain = canvas_retain_prompts(concept, kind)
     else:
         if kind is None:
             try:
@@ -105,9 +108,10 @@ def build_request(
             )
         anchor = (anchor or REAL_STYLE_ANCHOR).strip().lower()
         targets, anchors = template_prompt_pairs(concept, kind, anchor)
+        retain = template_retain_prompts(concept, kind)
     if anchor == concept:
         raise ValueError(f"the anchor must differ from the concept {concept!r}.")
-    return ErasureRequest(concept, kind, anchor, targets, anchors, canvas, anchor_latents)
+    return ErasureRequest(concept, kind, anchor, targets, anchors, retain, canvas, anchor_latents)
 
 
 def _canonical(concept: str, kind: str) -> str:
@@ -131,6 +135,38 @@ def canvas_prompt_pairs(concept: str, kind: str, anchor: str) -> tuple[list[str]
                 targets.append(world.caption(style, concept, j))
                 anchors.append(world.caption(style, anchor, j))
     return targets, anchors
+
+
+def canvas_retain_prompts(concept: str, kind: str) -> list[str]:
+    """Every world caption of the other concepts of `kind` (the anchor's included): what erasure must leave be."""
+    templates = range(len(world.STYLE_TEMPLATES))
+    if kind == "style":
+        return [
+            world.caption(s, o, j)
+            for s in world.STYLES
+            if s != concept
+            for o in world.OBJECTS
+            for j in templates
+        ]
+    return [
+        world.caption(s, o, j) for o in world.OBJECTS if o != concept for s in world.STYLES for j in templates
+    ]
+
+
+def template_retain_prompts(concept: str, kind: str) -> list[str]:
+    """Retain prompts for real models from the bank: other artists' suffixes, or the templates with other objects."""
+    bank = json.loads(TEMPLATE_BANK.read_text())
+    if kind == "style":
+        prompts = [t.format(subject=s) for t in bank["style_templates"] for s in bank["subjects"]]
+        styles = [s for s in bank["retain_styles"] if s != concept]
+        suffixes = bank["style_suffixes"]
+        return prompts + [
+            p + suffixes[i % len(suffixes)].format(style=styles[i % len(styles)])
+            for i, p in enumerate(prompts)
+        ]
+    return [
+        t.format(object=o) for t in bank["object_templates"] for o in bank["retain_objects"] if o != concept
+    ]
 
 
 def template_prompt_pairs(concept: str, kind: str, anchor: str) -> tuple[list[str], list[str]]:
@@ -158,6 +194,11 @@ def select_pairs(request: ErasureRequest, n: int, seed: int) -> list[int]:
     order = list(range(len(request.target_prompts)))
     random.Random(seed).shuffle(order)
     return [order[i % len(order)] for i in range(n)]
+
+
+def forward_equivalents(passes: dict[str, float]) -> float:
+    """One number for a method's `unet_passes()`: forwards + 2 x backwards (a backward costs about two forwards)."""
+    return passes["forward"] + 2 * passes["backward"]
 
 
 def cross_attention_kv(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

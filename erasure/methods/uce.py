@@ -153,23 +153,9 @@ def edit_texts(request, config: UCEConfig) -> tuple[list[tuple[str, str]], list[
         pairs += list(zip(request.target_prompts, request.anchor_prompts))
     if not request.canvas:
         return pairs, list(dict.fromkeys(request.anchor_prompts))
-    if request.kind == "style":
-        others = [s for s in world.ARTIST_STYLES if s != request.concept]
-        captions = [
-            world.caption(s, o, j)
-            for s in others
-            for o in world.OBJECTS
-            for j in range(len(world.STYLE_TEMPLATES))
-        ]
-    else:
-        others = [o for o in world.OBJECTS if o != request.concept]
-        captions = [
-            world.caption(s, o, j)
-            for o in others
-            for s in world.STYLES
-            for j in range(len(world.STYLE_TEMPLATES))
-        ]
-    preserve = others + (captions + list(request.anchor_prompts) if config.expand_prompts else [])
+    names = world.ARTIST_STYLES if request.kind == "style" else world.OBJECTS
+    others = [c for c in names if c != request.concept]
+    preserve = others + (list(request.retain_prompts) if config.expand_prompts else [])
     return pairs, list(dict.fromkeys(preserve))
 
 
