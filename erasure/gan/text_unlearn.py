@@ -25,7 +25,9 @@ judges never take part. The steps, top to bottom in `unlearn`:
         while G(w) = G_frozen(w) at the start)
    + w_target * CE(canvas-clip logits of the changed attribute, its target class)     on concept samples
    + w_identity * CE(canvas-clip logits of the unchanged attribute, its frozen class) on concept samples
-       (the identity term: a van gogh cat must stay a cat, an erased cat keeps its style)
+       (the identity term: a van gogh cat must stay a cat, an erased cat keeps its style; both cross-entropies
+        are averaged over the image and `clip_views` random views of it, so that a pattern canvas-clip alone
+        reads as 'plain' does not satisfy them)
    + w_feature * (1 - cos(E_I(G(w)), E_I(G_frozen(w))))                               on preserved samples
    + w_pixel * mean((G(w) - G_frozen(w))^2)                                           on preserved samples
        (preservation: a frozen feature space and an L2 anchor to the frozen generator's output).
@@ -94,6 +96,7 @@ class TextUnlearnConfig:
     w_identity: float = 0.5  # canvas-clip cross-entropy keeping the unchanged attribute (object / style)
     w_feature: float = 5.0  # 1 - cos of canvas-clip image embeddings to the frozen output, preserved samples
     w_pixel: float = 30.0  # pixel MSE to the frozen output ([-1, 1] range), preserved samples
+    clip_views: int = 2  # extra randomly shifted / flipped / noised views scored by the cross-entropy terms
     style_anchor: str = PLAIN
     seed: int = 0
 
@@ -180,6 +183,19 @@ def _strongest(probs: torch.Tensor, classes: set[int]) -> tuple[list[float], lis
     cols = sorted(classes)
     value, arg = probs[:, cols].max(-1)
     return value.tolist(), [cols[a] for a in arg.tolist()]
+
+
+def random_view(images: torch.Tensor, generator: torch.Generator, shift: int = 3, noise: float = 0.05):
+    """A random view of each image, differentiable: horizontal flip, translation by up to `shift` px (edge
+    padding), Gaussian noise. Scoring several views makes the cross-entropy terms hard to satisfy with
+    pixel patterns that only canvas-clip reads as the target class (the cutouts of CLIP-guided generation)."""
+    n, _, h, w = images.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
+    x = F.pad(x, (shift,) * 4, mode="replicate")
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n), generator=generator).tolist()
+    x = torch.stack([x[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    return x + noise * torch.randn(x.shape, generator=generator).to(x.device)
 
 
 def soft_direction_loss(d_image: torch.Tensor, d_text: torch.Tensor, floor: float) -> torch.Tensor:
@@ -304,11 +320,14 @@ def unlearn(
         emb_c, emb_r = emb[:n_concept], emb[n_concept:]
 
         direction = soft_direction_loss(emb_c - emb_pool[ci], d_text[ci], config.direction_floor)
-        logits = clip.pair_logits(emb_c, pair_text)
+        views = [emb_c] + [clip.image(random_view(images[:n_concept], g)) for _ in range(config.clip_views)]
+        logits = torch.cat([clip.pair_logits(v, pair_text) for v in views])
         style_logits, object_logits = logits.logsumexp(2), logits.logsumexp(1)
-        changed_s, changed_o = target[ci, 0] != source[ci, 0], target[ci, 1] != source[ci, 1]
-        ce_s = F.cross_entropy(style_logits, target[ci, 0], reduction="none")
-        ce_o = F.cross_entropy(object_logits, target[ci, 1], reduction="none")
+        n_views = len(views)
+        changed_s = (target[ci, 0] != source[ci, 0]).repeat(n_views)
+        changed_o = (target[ci, 1] != source[ci, 1]).repeat(n_views)
+        ce_s = F.cross_entropy(style_logits, target[ci, 0].repeat(n_views), reduction="none")
+        ce_o = F.cross_entropy(object_logits, target[ci, 1].repeat(n_views), reduction="none")
         target_ce = (ce_s * changed_s + ce_o * changed_o).mean()
         identity_ce = (ce_s * ~changed_s + ce_o * ~changed_o).mean()
         feature = (1 - (emb_r * emb_pool[ri]).sum(-1)).mean()
