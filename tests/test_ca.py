@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDPMScheduler
+from helpers import all_tensors, fresh
 
 from erasure.erase import METHODS, erase
 from erasure.methods.base import build_request, cross_attention_kv, encode_prompts, select_pairs
@@ -21,20 +22,6 @@ TINY = {
     "anchor_steps": 2,
     "anchor_batch": 4,
 }
-
-
-def fresh(folder) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def all_tensors(pipe) -> dict[str, torch.Tensor]:
-    return {
-        f"{c}.{n}": v
-        for c in ("unet", "text_encoder", "vae")
-        for n, v in getattr(pipe, c).state_dict().items()
-    }
 
 
 def test_only_cross_attention_kv_changes(tiny_pipeline, tiny_pipeline_dir):

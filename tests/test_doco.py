@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+from helpers import all_tensors, fresh
 
 from erasure.canvas import world
 from erasure.canvas.sd_config import SD_SCHEDULE
@@ -27,20 +28,6 @@ TINY = {
     "anchor_batch": 4,
     "checkpoint_every": 2,
 }
-
-
-def fresh(folder) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def all_tensors(pipe) -> dict[str, torch.Tensor]:
-    return {
-        f"{c}.{n}": v
-        for c in ("unet", "text_encoder", "vae")
-        for n, v in getattr(pipe, c).state_dict().items()
-    }
 
 
 # --- predicted x0 ----------------------------------------------------------------------------------------------

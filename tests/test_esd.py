@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler
+from helpers import all_tensors, fresh
 
 from erasure.erase import erase
 from erasure.methods import esd
@@ -13,20 +14,6 @@ from erasure.methods.doco import DoCoConfig
 from erasure.methods.esd import ESDConfig, esd_parameters, esd_target, sample_until
 
 TINY = {"steps": 3, "batch_size": 2, "ddim_steps": 4, "learning_rate": 1e-3, "use_request_prompts": True}
-
-
-def fresh(folder) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def all_tensors(pipe) -> dict[str, torch.Tensor]:
-    return {
-        f"{c}.{n}": v
-        for c in ("unet", "text_encoder", "vae")
-        for n, v in getattr(pipe, c).state_dict().items()
-    }
 
 
 def changed(base, edited) -> set[str]:

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from helpers import all_tensors, fresh
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from erasure.canvas import world
@@ -15,20 +16,6 @@ from erasure.canvas.tokenizer import build_tokenizer
 from erasure.erase import erase
 from erasure.methods.base import build_request, cross_attention_kv
 from erasure.methods.uce import UCEConfig, edit_texts, erase_tokens, uce_weight
-
-
-def all_tensors(pipe) -> dict[str, torch.Tensor]:
-    return {
-        f"{c}.{n}": v
-        for c in ("unet", "text_encoder", "vae")
-        for n, v in getattr(pipe, c).state_dict().items()
-    }
-
-
-def fresh(folder) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.mark.parametrize(
