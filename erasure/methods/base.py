@@ -257,6 +257,54 @@ def encode_prompts(pipeline, prompts: list[str], device) -> torch.Tensor:
     return torch.cat(out).float()
 
 
+class AnchorData:
+    """The anchor latents a method trains on, with the prompt pair each belongs to, and noised batches of them.
+
+    Latents are `request.anchor_latents` when given, else generated once by the frozen pipeline from a seeded
+    choice of anchor prompts (`config.num_anchor_images`, `anchor_steps`, `anchor_guidance`, `anchor_batch`) and
+    cached beside the session's checkpoints. Latent i belongs to prompt pair `pair[i]`.
+    """
+
+    def __init__(self, pipeline, request: ErasureRequest, config, session, scheduler):
+        device = session.device
+        if request.anchor_latents is not None:
+            latents = request.anchor_latents.to(device, torch.float32)
+            self.pair = torch.tensor(select_pairs(request, len(latents), session.seed), device=device)
+        else:
+            self.pair = torch.tensor(
+                select_pairs(request, config.num_anchor_images, session.seed), device=device
+            )
+            prompts = [request.anchor_prompts[i] for i in self.pair.tolist()]
+            args = (
+                config.anchor_steps,
+                config.anchor_guidance,
+                session.seed,
+                config.anchor_batch,
+                session.progress,
+            )
+            latents = session.cached(
+                "anchor_latents", lambda: generate_anchor_latents(pipeline, prompts, *args)
+            )
+        self.latents = (
+            latents.contiguous()
+        )  # a fixed memory format: convolutions round differently in channels-last
+        self.scheduler, self.generator, self.device = scheduler, session.generator, device
+
+    def batch(self, size: int, hflip: bool):
+        """(x0, noise, t, x_t, pair index) for `size` random anchor latents, optionally flipped, noised at random t."""
+        gen, device = self.generator, self.device
+        idx = torch.randint(len(self.latents), (size,), generator=gen, device=device)
+        x0 = self.latents[idx]
+        if hflip:
+            flip = torch.rand(len(idx), generator=gen, device=device) < 0.5
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        t = torch.randint(
+            0, self.scheduler.config.num_train_timesteps, (len(idx),), generator=gen, device=device
+        )
+        return x0, noise, t, self.scheduler.add_noise(x0, noise, t), self.pair[idx]
+
+
 @torch.no_grad()
 def generate_anchor_latents(
     pipeline,

@@ -24,11 +24,10 @@ from diffusers import DDPMScheduler
 from diffusers.utils import logging as diffusers_logging
 
 from erasure.methods.base import (
+    AnchorData,
     cross_attention_kv,
     diffusion_target,
     encode_prompts,
-    generate_anchor_latents,
-    select_pairs,
 )
 
 
@@ -114,7 +113,7 @@ class CAConfig:
 
 def run(pipeline, request, config: CAConfig, session):
     """Train Concept Ablation on `pipeline` for `request`; returns a new pipeline sharing all but the UNet."""
-    accelerator, device, gen = session.accelerator, session.device, session.generator
+    accelerator, device = session.accelerator, session.device
 
     # 1. Models: the input UNet is the frozen teacher; a copy trains its attn2 key/value projections only.
     for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
@@ -126,24 +125,10 @@ def run(pipeline, request, config: CAConfig, session):
         p.requires_grad_(True)
     anchor_model = teacher if config.anchor_teacher == "frozen" else unet
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, clip_sample=False, thresholding=False)
-    T = scheduler.config.num_train_timesteps
 
-    # 2. Data: anchor latents from the frozen pipeline (latent i belongs to prompt pair `pair[i]`), prompt states.
-    if request.anchor_latents is not None:
-        latents = request.anchor_latents.to(device, torch.float32)
-        pair = torch.tensor(select_pairs(request, len(latents), session.seed), device=device)
-    else:
-        pair = torch.tensor(select_pairs(request, config.num_anchor_images, session.seed), device=device)
-        prompts = [request.anchor_prompts[i] for i in pair.tolist()]
-        args = (
-            config.anchor_steps,
-            config.anchor_guidance,
-            session.seed,
-            config.anchor_batch,
-            session.progress,
-        )
-        latents = session.cached("anchor_latents", lambda: generate_anchor_latents(pipeline, prompts, *args))
-    latents = latents.contiguous()
+    # 2. Data: anchor latents (generated once by the frozen pipeline, see AnchorData) and the text-encoder states
+    # of every (target, anchor) prompt pair.
+    anchors = AnchorData(pipeline, request, config, session, scheduler)
     target_emb = encode_prompts(pipeline, request.target_prompts, device)
     anchor_emb = encode_prompts(pipeline, request.anchor_prompts, device)
 
@@ -156,14 +141,7 @@ def run(pipeline, request, config: CAConfig, session):
     session.track({f"unet.{n}": p for n, p in params.items()}, {"unet": optimizer})
 
     def sample_batch():
-        idx = torch.randint(len(latents), (config.batch_size,), generator=gen, device=device)
-        x0 = latents[idx]
-        if config.hflip:
-            flip = torch.rand(len(idx), generator=gen, device=device) < 0.5
-            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        t = torch.randint(0, T, (len(idx),), generator=gen, device=device)
-        return x0, noise, t, scheduler.add_noise(x0, noise, t), pair[idx]
+        return anchors.batch(config.batch_size, config.hflip)
 
     # 4. The loop.
     for step in range(session.start_step(), config.steps):

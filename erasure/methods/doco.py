@@ -39,12 +39,11 @@ from diffusers.utils import logging as diffusers_logging
 from torch import nn
 
 from erasure.methods.base import (
+    AnchorData,
     cross_attention_kv,
     diffusion_target,
     encode_prompts,
-    generate_anchor_latents,
     predicted_x0,
-    select_pairs,
 )
 
 SURGERY_RULES = ("normalized", "pcgrad", "none")
@@ -224,7 +223,7 @@ def run(pipeline, request, config: DoCoConfig, session):
 
     `session` is the engine's `erasure.erase.TrainingRun` (accelerator, generator, progress, checkpoints).
     """
-    accelerator, device, gen = session.accelerator, session.device, session.generator
+    accelerator, device = session.accelerator, session.device
 
     # 1. Models: the input UNet becomes the frozen teacher; a copy trains its attn2 key/value projections only.
     for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
@@ -237,25 +236,10 @@ def run(pipeline, request, config: DoCoConfig, session):
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, clip_sample=False, thresholding=False)
-    T = scheduler.config.num_train_timesteps
 
-    # 2. Data: anchor latents generated once by the frozen pipeline (cached beside the checkpoints), and the
-    # text-encoder states of every (target, anchor) prompt pair. Anchor latent i belongs to pair `pair[i]`.
-    if request.anchor_latents is not None:
-        latents = request.anchor_latents.to(device, torch.float32)
-        pair = torch.tensor(select_pairs(request, len(latents), session.seed), device=device)
-    else:
-        pair = torch.tensor(select_pairs(request, config.num_anchor_images, session.seed), device=device)
-        prompts = [request.anchor_prompts[i] for i in pair.tolist()]
-        args = (
-            config.anchor_steps,
-            config.anchor_guidance,
-            session.seed,
-            config.anchor_batch,
-            session.progress,
-        )
-        latents = session.cached("anchor_latents", lambda: generate_anchor_latents(pipeline, prompts, *args))
-    latents = latents.contiguous()  # a fixed memory format: convolutions round differently in channels-last
+    # 2. Data: anchor latents (generated once by the frozen pipeline, see AnchorData) and the text-encoder states
+    # of every (target, anchor) prompt pair.
+    anchors = AnchorData(pipeline, request, config, session, scheduler)
     target_emb = encode_prompts(pipeline, request.target_prompts, device)
     anchor_emb = encode_prompts(pipeline, request.anchor_prompts, device)
     spring = None
@@ -268,7 +252,9 @@ def run(pipeline, request, config: DoCoConfig, session):
     # and separate real/fake discriminator batches, so gradients are averaged across processes explicitly.
     with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves the global RNG alone
         torch.manual_seed(session.seed)
-        disc = PatchDiscriminator(latents.shape[1], min(latents.shape[-2:])).to(device).train()
+        disc = (
+            PatchDiscriminator(anchors.latents.shape[1], min(anchors.latents.shape[-2:])).to(device).train()
+        )
     lr = config.learning_rate * (config.batch_size * accelerator.num_processes if config.scale_lr else 1)
     optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=config.weight_decay)
     optimizer_d = torch.optim.Adam(disc.parameters(), lr=config.d_learning_rate, betas=config.d_betas)
@@ -278,14 +264,7 @@ def run(pipeline, request, config: DoCoConfig, session):
     session.track(state, {"unet": optimizer, "discriminator": optimizer_d})
 
     def sample_batch():
-        idx = torch.randint(len(latents), (config.batch_size,), generator=gen, device=device)
-        x0 = latents[idx]
-        if config.hflip:
-            flip = torch.rand(len(idx), generator=gen, device=device) < 0.5
-            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        t = torch.randint(0, T, (len(idx),), generator=gen, device=device)
-        return x0, noise, t, scheduler.add_noise(x0, noise, t), pair[idx]
+        return anchors.batch(config.batch_size, config.hflip)
 
     def gradients(loss) -> list[torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
