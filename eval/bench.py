@@ -13,8 +13,9 @@ generated once and cached in <out>/cache. Written to --out:
   results.md                      means over concepts (rows = methods) per kind, then one table per concept
   plots/<kind>-<metric>.png       a bar chart per metric; plots/<kind>-ua_vs_ira.png, a UA-versus-IRA scatter
   grids/<concept>.png             original + every method on the same seed, judge verdict under each image
-Bad input (unknown method or concept, a missing model or judges, an --out made with other settings) prints one
-sentence and exits with code 2. This is the one eval module that calls the erasure engine; it never imports a method.
+--device (default: cuda when there is one) is where the pipeline and the judges run; the erasures run on the
+engine's Accelerator device. Bad input (unknown method or concept, a missing model or judges, an --out made with
+other settings, an unusable --device) prints one sentence and exits with code 2. This is the one eval module that calls the erasure engine; it never imports a method.
 """
 
 from __future__ import annotations
@@ -531,6 +532,9 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, help="override every iterative method's number of steps")
     parser.add_argument("--no-grids", action="store_true", help="skip the per-concept comparison grids")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: min(2, CPU count))")
+    parser.add_argument(
+        "--device", help="where the pipeline and judges run (default: cuda when available, else cpu)"
+    )
     return parser.parse_args(argv)
 
 
@@ -567,9 +571,16 @@ def main(argv=None) -> int:
             write=False,
         )
         torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            base = load_pipeline(args.model)
-            judges = load_judges()
+            device = torch.device(device)
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(f"--device {args.device!r} cannot be used here ({reason}).") from None
+        try:
+            base = load_pipeline(args.model).to(device)
+            judges = load_judges(device)
         except (PipelineLoadError, FileNotFoundError) as err:
             raise UsageError(str(err)) from None
         run_bench(

@@ -57,6 +57,7 @@ def test_parse_inputs():
         (["--concepts", "rembrandt"], "unknown concept 'rembrandt'"),
         (["--seeds", "0"], "--seeds"),
         (["--model", "/no/such/folder", "--concepts", "monet"], "/no/such/folder"),
+        (["--device", "nonsense", "--concepts", "monet"], "--device 'nonsense' cannot be used here"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(argv, message, tmp_path, capsys):
