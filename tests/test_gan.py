@@ -166,6 +166,8 @@ def test_unlearn_step_changes_only_the_declared_group(tiny_clip_dir, group):
 def test_unlearn_rejects_unknown_groups_and_concepts():
     with pytest.raises(ValueError, match="train must be one of"):
         TextUnlearnConfig(train="toRGB")
+    with pytest.raises(ValueError, match="object_anchor must be"):
+        TextUnlearnConfig(object_anchor="moon")
     with pytest.raises(ValueError, match="unknown Canvas concept"):
         unlearn(small_generator(), ["rembrandt"], config=TextUnlearnConfig(steps=0))
 
