@@ -146,13 +146,21 @@ def pool_concept(G, clip_dir, pool) -> tuple[str, float]:
     return concept, threshold
 
 
-@pytest.mark.parametrize("group", ["synthesis", "mapping"])
-def test_unlearn_step_changes_only_the_declared_group(tiny_clip_dir, group):
+@pytest.mark.parametrize(
+    "group, critic_real", [("synthesis", "rest"), ("mapping", "rest"), ("synthesis", "anchor")]
+)
+def test_unlearn_step_changes_only_the_declared_group(tiny_clip_dir, group, critic_real):
     G = small_generator().eval()
     concept, threshold = pool_concept(G, tiny_clip_dir, 64)
     before = snapshot(G)
     config = TextUnlearnConfig(
-        steps=1, pool=64, batch=4, train=group, concept_threshold=threshold, rest_threshold=threshold
+        steps=1,
+        pool=64,
+        batch=4,
+        train=group,
+        concept_threshold=threshold,
+        rest_threshold=threshold,
+        critic_real=critic_real,
     )
     new, info = unlearn(G, [concept], clip_dir=tiny_clip_dir, config=config, progress=False)
     assert not changed(before, G), "unlearn must not touch the generator it was given"
@@ -168,6 +176,8 @@ def test_unlearn_rejects_unknown_groups_and_concepts():
         TextUnlearnConfig(train="toRGB")
     with pytest.raises(ValueError, match="object_anchor must be"):
         TextUnlearnConfig(object_anchor="moon")
+    with pytest.raises(ValueError, match="critic_real must be"):
+        TextUnlearnConfig(critic_real="judges")
     with pytest.raises(ValueError, match="unknown Canvas concept"):
         unlearn(small_generator(), ["rembrandt"], config=TextUnlearnConfig(steps=0))
 

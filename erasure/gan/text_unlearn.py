@@ -92,6 +92,12 @@ class TextUnlearnConfig:
     train: which parameters train: 'synthesis' (default; see the module docstring), 'mapping' or 'all'.
     style_anchor: what an erased style becomes: 'plain' (the world's neutral style) or 'spread' (a random
         other style per sample).
+    critic_real: which pool samples the critic takes as real. 'rest' (default) means every preserved sample.
+        'anchor' means the preserved samples canvas-clip reads as the anchor style; it applies to erased styles
+        only, when there are at least `batch` of them. Measured on van gogh, 2,000 fixed latents, judged:
+        - 'rest': share 0.15%; the erased samples land on monet, kandinsky, seurat, plain and mondrian; FD +8%.
+        - 'anchor': share 0.2%; 187 of the 206 land on plain; rest_tv 0.061; but FD 16.97 -> 20.85 (+23%),
+          past the 20% bar.
     object_anchor: what an erased object becomes, per sample: 'nearest' (the kept object canvas-clip finds most
         likely in the frozen image, so neighbouring latents share a target) or 'random' (a random kept object).
     """
@@ -113,6 +119,7 @@ class TextUnlearnConfig:
     clip_views: int = 2  # extra randomly shifted / flipped / noised views scored by the cross-entropy terms
     w_adversarial: float = 1.0  # non-saturating loss of a fresh critic: concept samples vs the preserved pool
     critic_lr: float = 2e-4  # the critic's Adam learning rate, betas (0, 0.99)
+    critic_real: str = "rest"  # the critic's real samples: 'rest' or 'anchor' (see the class docstring)
     style_anchor: str = PLAIN
     object_anchor: str = "nearest"
     seed: int = 0
@@ -122,6 +129,8 @@ class TextUnlearnConfig:
             raise ValueError(f"train must be one of {', '.join(PARAMETER_GROUPS)}, not {self.train!r}.")
         if self.style_anchor not in (PLAIN, "spread"):
             raise ValueError(f"style_anchor must be 'plain' or 'spread', not {self.style_anchor!r}.")
+        if self.critic_real not in ("rest", "anchor"):
+            raise ValueError(f"critic_real must be 'rest' or 'anchor', not {self.critic_real!r}.")
         if self.object_anchor not in ("nearest", "random"):
             raise ValueError(f"object_anchor must be 'nearest' or 'random', not {self.object_anchor!r}.")
         if not 0 < self.concept_fraction < 1 or self.batch < 2 or self.steps < 0:
@@ -346,6 +355,10 @@ def unlearn(
         raise ValueError("no pooled sample is clear of the concept (rest_threshold): nothing to preserve.")
     d_text = pair_text[target[:, 0], target[:, 1]] - pair_text[source[:, 0], source[:, 1]]  # (pool, d)
     concept_t, rest_t = torch.tensor(concept_idx, device=device), torch.tensor(rest_idx, device=device)
+    real_t = rest_t
+    if config.critic_real == "anchor" and erased_styles:
+        anchored = [i for i in rest_idx if int(source[i, 0]) == STYLES.index(PLAIN)]
+        real_t = torch.tensor(anchored, device=device) if len(anchored) >= config.batch else rest_t
 
     # 3. Training.
     opt = torch.optim.Adam(params.values(), lr=config.lr, betas=(0.0, 0.99))
@@ -381,7 +394,7 @@ def unlearn(
         pixel = (images[n_concept:] - img_pool[ri]).square().mean()
         adversarial = torch.zeros((), device=device)
         if critic is not None:
-            real = img_pool[rest_t[torch.randint(len(rest_t), (n_concept,), generator=g).to(device)]]
+            real = img_pool[real_t[torch.randint(len(real_t), (n_concept,), generator=g).to(device)]]
             critic_loss = (
                 F.softplus(-critic(random_view(real, g))).mean()
                 + F.softplus(critic(random_view(images[:n_concept].detach(), g))).mean()
