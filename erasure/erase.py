@@ -87,9 +87,9 @@ def erase(
 
     `config`: the method's Config, or None for its defaults (Canvas defaults on a Canvas model, the official
     SD 1.x ones otherwise), or a dict of fields that override those defaults. `steps` overrides the configured
-    number of steps. `kind` is only needed for concepts the Canvas world does not know. `anchor_latents` skips anchor generation (see
-    ErasureRequest). With `checkpoint_dir`, checkpoints are written there; `resume=True` continues the latest
-    one there (or starts afresh when there is none).
+    number of steps. `kind` is only needed for concepts the Canvas world does not know. `anchor_latents` skips
+    anchor generation (see ErasureRequest). With `checkpoint_dir`, checkpoints are written there; `resume=True`
+    continues the latest one there (or starts afresh when there is none).
     """
     if method not in METHODS:
         raise ValueError(f"unknown erasure method {method!r}; valid methods: {', '.join(METHODS)}.")

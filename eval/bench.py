@@ -15,7 +15,8 @@ generated once and cached in <out>/cache. Written to --out:
   grids/<concept>.png             original + every method on the same seed, judge verdict under each image
 --device (default: cuda when there is one) is where the pipeline and the judges run; the erasures run on the
 engine's Accelerator device. Bad input (unknown method or concept, a missing model or judges, an --out made with
-other settings, an unusable --device) prints one sentence and exits with code 2. This is the one eval module that calls the erasure engine; it never imports a method.
+other settings, an unusable --device) prints one sentence and exits with code 2. This is the one eval module that
+calls the erasure engine; it never imports a method.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
     new_G, info = unlearn(load_generator("assets/canvas-gan"), ["van gogh"])
 
 After Nagasubramaniam et al. (arXiv 2504.01218; no public code), with StyleGAN-NADA's directional CLIP loss, as
-DESIGN.md section 3 describes. canvas-clip (assets/canvas-clip, a transformers CLIPModel) is the only model that reads
-the text: it picks the samples that show the concept and gives the directions. The judges never take part. The steps, top to bottom in `unlearn`:
+DESIGN.md section 3 describes. canvas-clip (assets/canvas-clip, a transformers CLIPModel) is the only model that
+reads the text: it picks the samples that show the concept and gives the directions. The judges never take part.
+The steps, top to bottom in `unlearn`:
 
 1. Text. Every (style, object) pair of the world gets a canvas-clip text embedding, averaged over the world's caption
    templates (StyleGAN-NADA's prompt-template averaging). The neutral anchor of a style is `plain` ("a painting of a
@@ -355,10 +356,11 @@ def unlearn(
         raise ValueError("no pooled sample is clear of the concept (rest_threshold): nothing to preserve.")
     d_text = pair_text[target[:, 0], target[:, 1]] - pair_text[source[:, 0], source[:, 1]]  # (pool, d)
     concept_t, rest_t = torch.tensor(concept_idx, device=device), torch.tensor(rest_idx, device=device)
-    real_t = rest_t
+    real_t = rest_t  # the critic's real samples
     if config.critic_real == "anchor" and erased_styles:
         anchored = [i for i in rest_idx if int(source[i, 0]) == STYLES.index(PLAIN)]
-        real_t = torch.tensor(anchored, device=device) if len(anchored) >= config.batch else rest_t
+        if len(anchored) >= config.batch:
+            real_t = torch.tensor(anchored, device=device)
 
     # 3. Training.
     opt = torch.optim.Adam(params.values(), lr=config.lr, betas=(0.0, 0.99))

@@ -285,9 +285,8 @@ class AnchorData:
             latents = session.cached(
                 "anchor_latents", lambda: generate_anchor_latents(pipeline, prompts, *args)
             )
-        self.latents = (
-            latents.contiguous()
-        )  # a fixed memory format: convolutions round differently in channels-last
+        # A fixed memory format: convolutions round differently in channels-last.
+        self.latents = latents.contiguous()
         self.scheduler, self.generator, self.device = scheduler, session.generator, device
 
     def batch(self, size: int, hflip: bool):
