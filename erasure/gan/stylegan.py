@@ -69,9 +69,13 @@ class DiscriminatorConfig:
     channels: tuple[int, ...] = (32, 32, 64, 64)  # at 32, 16, 8 and 4 px
     mbstd_group: int = 4  # minibatch standard deviation group size
     img_channels: int = 3
+    class_counts: tuple[
+        int, ...
+    ] = ()  # auxiliary classifier heads, e.g. (13, 10) styles and objects; () = none
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
+        self.class_counts = tuple(int(c) for c in self.class_counts)
         if len(self.channels) != len(resolutions(self.resolution)):
             raise ValueError(f"need one channel count per resolution {resolutions(self.resolution)[::-1]}.")
 
@@ -256,7 +260,12 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """ResNet discriminator (StyleGAN2's 'resnet' D): fromRGB, residual down blocks to 4x4, minibatch std, 2 FCs."""
+    """ResNet discriminator (StyleGAN2's 'resnet' D): fromRGB, residual down blocks to 4x4, minibatch std, 2 FCs.
+
+    With `class_counts`, a linear head on the same features also predicts one label per group (AC-GAN's auxiliary
+    classifier, Odena et al. 2017). The generator stays unconditional: train_gan fits the head on real images'
+    labels and asks the generator's samples to be confidently and evenly spread over the head's classes.
+    """
 
     def __init__(self, config: DiscriminatorConfig | None = None):
         super().__init__()
@@ -277,6 +286,7 @@ class Discriminator(nn.Module):
         self.conv = EqualConv2d(ch[-1] + 1, ch[-1], 3, activation=True)
         self.fc = EqualLinear(ch[-1] * 16, ch[-1], activation=True)
         self.out = EqualLinear(ch[-1], 1)
+        self.classify = EqualLinear(ch[-1], sum(c.class_counts)) if c.class_counts else None
 
     def minibatch_std(self, x):
         n, c, h, w = x.shape
@@ -288,12 +298,25 @@ class Discriminator(nn.Module):
         y = y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)
         return torch.cat([x, y], 1)
 
-    def forward(self, images):
+    def features(self, images):
         x = self.from_rgb(images)
         for block in self.blocks:
             x = (block["skip"](x) + block["conv1"](block["conv0"](x))) / SQRT2
-        x = self.conv(self.minibatch_std(x))
-        return self.out(self.fc(x.flatten(1))).squeeze(1)
+        return self.fc(self.conv(self.minibatch_std(x)).flatten(1))
+
+    def forward(self, images):
+        """Real-vs-fake logits (N,)."""
+        return self.out(self.features(images)).squeeze(1)
+
+    def forward_with_classes(self, images) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Real-vs-fake logits (N,) and one (N, count) logit block per entry of `class_counts`."""
+        if self.classify is None:
+            raise ValueError(
+                "this discriminator has no classifier head (DiscriminatorConfig.class_counts is empty)."
+            )
+        features = self.features(images)
+        groups = list(self.classify(features).split(list(self.config.class_counts), dim=1))
+        return self.out(features).squeeze(1), groups
 
 
 # --- files -----------------------------------------------------------------------------------------------------

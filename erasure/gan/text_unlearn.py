@@ -5,6 +5,8 @@
 After Nagasubramaniam et al. (arXiv 2504.01218; no public code), with StyleGAN-NADA's directional CLIP loss, as
 DESIGN.md section 3 describes. canvas-clip (assets/canvas-clip, a transformers CLIPModel) is the only model that
 reads the text: it picks the samples that show the concept and gives the directions. The judges never take part.
+The figures quoted in this module were measured on the first canvas-gan (before train_gan's spread stages); the
+README has the current generator's.
 The steps, top to bottom in `unlearn`:
 
 1. Text. Every (style, object) pair of the world gets a canvas-clip text embedding, averaged over the world's caption
