@@ -80,22 +80,24 @@ def spread_loss(logits: torch.Tensor) -> torch.Tensor:
 
 def generator_step(G, D, opt_G, batch: int, device, spread_weight: float = 0.0) -> tuple[dict, torch.Tensor]:
     """G update with the non-saturating loss softplus(-D(G(z))), plus `spread_weight` x spread_loss over D's
-    classifier heads when D has them; D is frozen. Returns ({"g", "spread"}, detached fakes)."""
+    classifier heads when the weight is positive; D is frozen. Returns ({"g": the non-saturating loss, "spread"},
+    detached fakes)."""
     D.requires_grad_(False)
     fake = G(torch.randn(batch, G.config.z_dim, device=device))
-    out = {}
     if spread_weight > 0:
         logits, groups = D.forward_with_classes(fake)
         spread = sum(spread_loss(g) for g in groups)
-        loss = F.softplus(-logits).mean() + spread_weight * spread
-        out["spread"] = spread.item()
     else:
-        loss = F.softplus(-D(fake)).mean()
+        logits, spread = D(fake), None
+    adversarial = F.softplus(-logits).mean()
+    loss = adversarial if spread is None else adversarial + spread_weight * spread
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
     opt_G.step()
     D.requires_grad_(True)
-    out["g"] = loss.item()
+    out = {"g": adversarial.item()}
+    if spread is not None:
+        out["spread"] = spread.item()
     return out, fake.detach()
 
 
