@@ -69,9 +69,8 @@ class DiscriminatorConfig:
     channels: tuple[int, ...] = (32, 32, 64, 64)  # at 32, 16, 8 and 4 px
     mbstd_group: int = 4  # minibatch standard deviation group size
     img_channels: int = 3
-    class_counts: tuple[
-        int, ...
-    ] = ()  # auxiliary classifier heads, e.g. (13, 10) styles and objects; () = none
+    # auxiliary classifier heads, e.g. (13, 10) for styles and objects; () = none
+    class_counts: tuple[int, ...] = ()
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
