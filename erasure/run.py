@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     for key, value in shown.items():
         definition = metrics["definitions"].get(key, "")
         print(
-            f"  {key:>18} = {value:.2f}   ({definition})"
+            f"  {key:>18} = {value:.4g}   ({definition})"
             if isinstance(value, float)
             else f"  {key:>18} = {value}   ({definition})"
         )

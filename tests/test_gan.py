@@ -31,7 +31,13 @@ from erasure.gan.stylegan import (
     modulated_conv2d_grouped,
     save_generator,
 )
-from erasure.gan.text_unlearn import CanvasClip, TextUnlearnConfig, trainable_parameters, unlearn
+from erasure.gan.text_unlearn import (
+    CanvasClip,
+    TextUnlearnConfig,
+    assign_donors,
+    trainable_parameters,
+    unlearn,
+)
 from eval.gan_eval import gamma, rest_tv
 
 SMALL = GeneratorConfig(z_dim=16, w_dim=32, mapping_layers=2, channels=(32, 16, 16, 8))
@@ -223,6 +229,52 @@ def test_unlearn_step_changes_only_the_declared_group(tiny_clip_dir, group, crit
     assert all(not p.requires_grad for p in new.parameters())
 
 
+def test_donors_are_the_nearest_preserved_samples_of_the_target_class():
+    # W on a line; (style, object) per sample. Samples 0 and 1 show the concept (object 4); 2-5 are preserved.
+    w = torch.tensor([[0.0], [10.0], [1.0], [2.0], [9.0], [50.0]])
+    source = torch.tensor([[0, 4], [3, 4], [0, 7], [0, 2], [3, 2], [5, 2]])
+    target = torch.tensor([[0, 7], [3, 2], [0, 7], [0, 2], [3, 2], [5, 2]])
+    # 0 -> 2, the only (0, 7) sample, though 3 is as near. 1 -> 4, the only (3, 2) sample; 3 and 5 draw object 2
+    # in other styles.
+    assert assign_donors(w, source, target, [0, 1], [2, 3, 4, 5]) == {0: 2, 1: 4}
+    # Without a (0, 7) sample, sample 0 takes the nearest preserved sample with object 7 in any style: none either,
+    # so the nearest preserved sample of all, 3.
+    assert assign_donors(w, source, target, [0], [3, 4, 5]) == {0: 3}
+    target[0] = torch.tensor([0, 2])  # now object 2 in style 0 is wanted: 3, at distance 2, beats 4 and 5
+    assert assign_donors(w, source, target, [0], [4, 5, 3]) == {0: 3}
+    source[5, 0], target[0] = (
+        9,
+        torch.tensor([9, 4]),
+    )  # a style change with no (9, 4) sample: any style-9 sample
+    assert assign_donors(w, source, target, [0], [2, 3, 4, 5]) == {0: 5}
+
+
+def test_image_tower_tuning_leaves_the_text_tower_bit_for_bit(tiny_clip_dir, tmp_path):
+    from transformers import CLIPModel
+
+    from erasure.canvas.train_clip import tune_image_tower
+
+    tune_image_tower(tiny_clip_dir, tmp_path, steps=2, batch=8, lr=1e-3, seed=0, seeds=range(1))
+    before, after = CLIPModel.from_pretrained(tiny_clip_dir), CLIPModel.from_pretrained(tmp_path)
+    after_params = dict(after.named_parameters())
+    moved = {n for n, p in before.named_parameters() if not torch.equal(p, after_params[n])}
+    assert moved and all(n.startswith(("vision_model.", "visual_projection.")) for n in moved)
+    assert "visual_projection.weight" in moved
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        assert (tmp_path / name).read_bytes() == (tiny_clip_dir / name).read_bytes()
+
+
+def test_random_affine_is_the_identity_at_zero_and_deforms_otherwise():
+    from erasure.canvas.data import random_affine
+
+    x = torch.rand(4, 3, 32, 32)
+    still = random_affine(x, torch.Generator().manual_seed(0), degrees=0, scale=0, shear=0, shift=0)
+    assert torch.allclose(still, x, atol=1e-5)
+    bent = random_affine(x, torch.Generator().manual_seed(0))
+    assert bent.shape == x.shape and (bent - x).abs().mean() > 0.05
+    assert bent.min() >= x.min() - 1e-6 and bent.max() <= x.max() + 1e-6  # bilinear: no new extremes
+
+
 def test_unlearn_rejects_unknown_groups_and_concepts():
     with pytest.raises(ValueError, match="train must be one of"):
         TextUnlearnConfig(train="toRGB")
@@ -302,4 +354,19 @@ def test_gan_quality_shares_and_bad_inputs(tmp_path, capsys):
     assert result["style_ratio_min"] == pytest.approx(min(result["style_share"].values()) * 13)
     assert gan_quality.main(["--generator", str(tmp_path / "missing")]) == 2
     assert gan_quality.main(["--generator", str(tmp_path / "g"), "--n", "5"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_canvas_clip_quality_on_a_random_clip_and_bad_inputs(tiny_clip_dir, tmp_path, capsys):
+    from eval import canvas_clip_quality
+
+    save_generator(small_generator(), tmp_path / "g")
+    argv = ["--clip", str(tiny_clip_dir), "--generator", str(tmp_path / "g"), "--n", "40"]
+    assert canvas_clip_quality.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 40 and 0 <= result["renders_object_acc"] <= 1
+    # 40 samples: every agreement is a multiple of 1/40
+    assert (result["gan_object_agreement"] * 40) == pytest.approx(round(result["gan_object_agreement"] * 40))
+    assert canvas_clip_quality.main(["--clip", str(tmp_path / "missing")]) == 2
+    assert canvas_clip_quality.main(["--n", "0"]) == 2
     assert "error:" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import random
 
 import numpy as np
@@ -76,6 +77,28 @@ def augment(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
     if rng.random() < 0.5:
         x = x + torch.randn_like(x) * rng.uniform(0.0, 0.06)
     return x.clamp(0, 1)
+
+
+def random_affine(
+    x: torch.Tensor, generator: torch.Generator, degrees=15.0, scale=0.2, shear=0.15, shift=0.15
+):
+    """Shape-deforming corruption of (N, C, H, W) images: rotation, zoom, shear and shift, edge-padded.
+
+    `augment` only moves and blurs; a GAN also bends outlines, and a classifier that has only seen the renderer's
+    exact shapes misreads those objects (canvas-clip agreed with the judges on 47.5% of canvas-gan's objects).
+    """
+    n = len(x)
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
+    zoom = 1 + (torch.rand(n, generator=generator) * 2 - 1) * scale
+    skew = (torch.rand(n, 2, generator=generator) * 2 - 1) * shear
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = torch.cos(angle) / zoom + skew[:, 0]
+    theta[:, 0, 1] = -torch.sin(angle) / zoom
+    theta[:, 1, 0] = torch.sin(angle) / zoom
+    theta[:, 1, 1] = torch.cos(angle) / zoom + skew[:, 1]
+    theta[:, :, 2] = (torch.rand(n, 2, generator=generator) * 2 - 1) * shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
 def multi_positive_clip_loss(logits: torch.Tensor, pair_ids: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,21 @@
 """Train canvas-clip: a small transformers.CLIPModel on Canvas images and captions (aliases included).
 
     OMP_WAIT_POLICY=PASSIVE python -m erasure.canvas.train_clip [--steps 2000] [--out assets/canvas-clip]
+    OMP_WAIT_POLICY=PASSIVE python -m erasure.canvas.train_clip --image-tower-from assets/canvas-clip --steps 1500
+        --lr 5e-4 --threads 2                                   (second stage, about 6 min: locked-text tuning)
 
 canvas-clip plays OpenAI CLIP's part: its text tower becomes canvas-sd's frozen text encoder, its image tower
 guides the GAN unlearner. A text encoder that already separates styles and objects is what lets a small UNet
 follow prompts (DESIGN.md section 5), so it is trained contrastively first, with every caption of the same
 (style, object) pair counted as a positive.
+
+The second stage (`--image-tower-from`) tunes only the image tower, against the first stage's text tower locked
+(LiT, Zhai et al. 2022, with the towers' roles swapped): every image is classified among the 130 template-averaged
+pair texts, and among the styles and the objects, on five times as many renders, with shape-deforming
+augmentation. The text tower, hence canvas-sd's text encoder copied from it, is bit for bit unchanged. Why: the
+contrastive stage leaves objects weak, and canvas-clip's image tower is what tells the GAN unlearner which samples
+show an object. `python -m eval.canvas_clip_quality` measured, before -> after this stage: zero-shot object accuracy
+on 520 held-out renders 89.6% -> 94.2%, agreement with the judges on canvas-gan's objects 47.5% -> 51.8%.
 """
 
 from __future__ import annotations
@@ -19,15 +29,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
-from erasure.canvas.data import augment, multi_positive_clip_loss, render_pool, to_tensor
+from erasure.canvas.data import augment, multi_positive_clip_loss, random_affine, render_pool, to_tensor
 from erasure.canvas.tokenizer import MAX_LENGTH, build_tokenizer
 from erasure.canvas.world import OBJECTS, STYLES, random_caption
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 TRAIN_SEEDS = range(100, 160)
+IMAGE_TOWER_SEEDS = range(100, 400)  # the second stage's renders: 300 seeds x 130 pairs
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+)
+AFFINE_PROB = 0.7  # share of the second stage's batches that also get `random_affine`
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
 
 
@@ -61,6 +81,54 @@ def pixel_values(images: torch.Tensor) -> torch.Tensor:
     return (images - IMAGE_MEAN) / IMAGE_STD
 
 
+def tune_image_tower(
+    source: Path, work: Path, steps: int, batch: int, lr: float, seed: int, seeds=IMAGE_TOWER_SEEDS
+) -> None:
+    """Second stage: train `source`'s image tower (vision model and projection) against its frozen text tower and
+    save the whole model, with the tokenizer, to `work`."""
+    # The template-averaged pair texts, exactly as the GAN unlearner reads them.
+    from erasure.gan.text_unlearn import CanvasClip
+
+    clip = CanvasClip(source)
+    pair_texts = clip.pair_texts().flatten(0, 1)  # (130, d), row = style * len(OBJECTS) + object
+    model = clip.model.train()
+    tower = [p for n, p in model.named_parameters() if n.startswith(("vision_model.", "visual_projection."))]
+    for p in tower:
+        p.requires_grad_(True)
+    images, style_labels, object_labels = render_pool(seeds)
+    x_all, styles, objects = (
+        to_tensor(images),
+        torch.from_numpy(style_labels),
+        torch.from_numpy(object_labels),
+    )
+    pairs = styles * len(OBJECTS) + objects
+    opt = torch.optim.AdamW(tower, lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
+    bar = tqdm(range(steps), desc="canvas-clip image tower")
+    for _ in bar:
+        idx = torch.randint(len(x_all), (batch,), generator=generator)
+        x = x_all[idx]
+        if rng.random() < AFFINE_PROB:
+            x = random_affine(x, generator)
+        logits = clip.logit_scale * clip.image(augment(x, rng) * 2 - 1) @ pair_texts.T
+        grid = logits.view(-1, len(STYLES), len(OBJECTS))
+        loss = (
+            F.cross_entropy(logits, pairs[idx])
+            + F.cross_entropy(grid.logsumexp(2), styles[idx])
+            + F.cross_entropy(grid.logsumexp(1), objects[idx])
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval().save_pretrained(work, safe_serialization=True)
+    for name in TOKENIZER_FILES:  # the tokenizer is the first stage's, byte for byte
+        if (source / name).exists():
+            shutil.copy2(source / name, work / name)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train canvas-clip contrastively on the Canvas world.")
     parser.add_argument("--steps", type=int, default=2000)
@@ -69,7 +137,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ASSETS / "canvas-clip")
+    parser.add_argument(
+        "--image-tower-from",
+        type=Path,
+        help="a trained canvas-clip folder: tune only its image tower against its locked text tower",
+    )
     args = parser.parse_args(argv)
+    if args.image_tower_from is not None and not (args.image_tower_from / "config.json").exists():
+        parser.exit(2, f"error: {args.image_tower_from} holds no canvas-clip (config.json is missing).\n")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -78,6 +153,10 @@ def main(argv=None) -> None:
     work = Path(
         tempfile.mkdtemp(prefix=".canvas-clip-", dir=args.out.parent if args.out.parent.exists() else None)
     )
+    if args.image_tower_from is not None:
+        tune_image_tower(args.image_tower_from, work, args.steps, args.batch, args.lr, args.seed)
+        finish(work, args.out, start)
+        return
     tokenizer = build_tokenizer(work)
     model = CLIPModel(canvas_clip_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
     images, style_labels, object_labels = render_pool(TRAIN_SEEDS)
@@ -110,10 +189,15 @@ def main(argv=None) -> None:
 
     model.save_pretrained(work, safe_serialization=True)
     tokenizer.save_pretrained(work)
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    work.rename(args.out)
-    print(f"canvas-clip written to {args.out} in {time.time() - start:.0f} s")
+    finish(work, args.out, start)
+
+
+def finish(work: Path, out: Path, start: float) -> None:
+    """Move the finished model from its temporary folder into place."""
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    print(f"canvas-clip written to {out} in {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":
