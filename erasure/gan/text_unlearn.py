@@ -134,9 +134,8 @@ class TextUnlearnConfig:
     # is the term canvas-clip is most easily fooled through (module docstring)
     w_target: float = 0.0
     w_identity: float = 0.5  # canvas-clip cross-entropy keeping the unchanged attribute (object / style)
-    w_donor: float = (
-        10.0  # pixel MSE + canvas-clip cosine distance to the donor (`assign_donors`), concept samples
-    )
+    # pixel MSE + canvas-clip cosine distance to the donor (`assign_donors`), on concept samples whose object changes
+    w_donor: float = 10.0
     w_feature: float = 5.0  # 1 - cos of canvas-clip image embeddings to the frozen output, preserved samples
     w_pixel: float = 30.0  # pixel MSE to the frozen output ([-1, 1] range), preserved samples
     clip_views: int = 2  # extra randomly shifted / flipped / noised views scored by the cross-entropy terms
