@@ -42,7 +42,8 @@ def zero_shot(clip: CanvasClip, images01: torch.Tensor) -> tuple[torch.Tensor, t
     pair_text = clip.pair_texts()
     with torch.no_grad():
         logits = torch.cat([clip.pair_logits(clip.image(x * 2 - 1), pair_text) for x in images01.split(500)])
-    return logits.logsumexp(2).softmax(-1), logits.logsumexp(1).softmax(-1)
+    p_style, p_object = (x.softmax(-1) for x in clip.style_object_logits(logits))
+    return p_style, p_object
 
 
 def canvas_clip_quality(clip: CanvasClip, generator, judges, n: int) -> dict:

@@ -112,11 +112,11 @@ def tune_image_tower(
         if rng.random() < AFFINE_PROB:
             x = random_affine(x, generator)
         logits = clip.logit_scale * clip.image(augment(x, rng) * 2 - 1) @ pair_texts.T
-        grid = logits.view(-1, len(STYLES), len(OBJECTS))
+        style_logits, object_logits = clip.style_object_logits(logits.view(-1, len(STYLES), len(OBJECTS)))
         loss = (
             F.cross_entropy(logits, pairs[idx])
-            + F.cross_entropy(grid.logsumexp(2), styles[idx])
-            + F.cross_entropy(grid.logsumexp(1), objects[idx])
+            + F.cross_entropy(style_logits, styles[idx])
+            + F.cross_entropy(object_logits, objects[idx])
         )
         opt.zero_grad()
         loss.backward()

@@ -225,6 +225,12 @@ class CanvasClip:
         """(N, 13, 10) logits: logit_scale * cos(image, pair text)."""
         return self.logit_scale * torch.einsum("nd,sod->nso", image_emb, pair_text)
 
+    @staticmethod
+    def style_object_logits(pair_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 13, 10) pair logits -> style logits (N, 13) and object logits (N, 10), each summed (in probability)
+        over the other kind: canvas-clip's zero-shot reading of one attribute, whatever the other is."""
+        return pair_logits.logsumexp(2), pair_logits.logsumexp(1)
+
 
 def _strongest(probs: torch.Tensor, classes: set[int]) -> tuple[list[float], list[int]]:
     """Per row, the largest probability among `classes` and its class (0 and -1 when `classes` is empty)."""
@@ -346,7 +352,7 @@ def unlearn(
         img_pool = torch.cat([frozen.synthesis(w, noise_mode="const") for w in w_pool.split(256)])
         emb_pool = torch.cat([clip.image(x) for x in img_pool.split(256)])
         logits = clip.pair_logits(emb_pool, pair_text)
-        p_style, p_object = logits.logsumexp(2).softmax(-1), logits.logsumexp(1).softmax(-1)
+        p_style, p_object = (x.softmax(-1) for x in clip.style_object_logits(logits))
     source = torch.stack([p_style.argmax(-1), p_object.argmax(-1)], 1)  # zero-shot (style, object) per sample
     hit_style = _strongest(
         p_style, erased_styles
@@ -402,7 +408,8 @@ def unlearn(
     d_text = pair_text[target[:, 0], target[:, 1]] - pair_text[source[:, 0], source[:, 1]]  # (pool, d)
     concept_t, rest_t = torch.tensor(concept_idx, device=device), torch.tensor(rest_idx, device=device)
     donor = torch.zeros(config.pool, dtype=torch.long, device=device)
-    for i, j in assign_donors(w_pool, source, target, concept_idx, rest_idx).items():
+    moving_object = [i for i in concept_idx if target[i, 1] != source[i, 1]]  # the only users of a donor
+    for i, j in assign_donors(w_pool, source, target, moving_object, rest_idx).items():
         donor[i] = j
     real_t = rest_t  # the critic's real samples
     if config.critic_real == "anchor" and erased_styles:
@@ -432,7 +439,7 @@ def unlearn(
         direction = soft_direction_loss(emb_c - emb_pool[ci], d_text[ci], config.direction_floor)
         views = [emb_c] + [clip.image(random_view(images[:n_concept], g)) for _ in range(config.clip_views)]
         logits = torch.cat([clip.pair_logits(v, pair_text) for v in views])
-        style_logits, object_logits = logits.logsumexp(2), logits.logsumexp(1)
+        style_logits, object_logits = clip.style_object_logits(logits)
         n_views = len(views)
         changed_s = (target[ci, 0] != source[ci, 0]).repeat(n_views)
         changed_o = (target[ci, 1] != source[ci, 1]).repeat(n_views)
