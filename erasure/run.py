@@ -6,44 +6,35 @@ Writes, atomically (a temporary folder renamed into place), to --out (default ru
   metrics.json        UA / IRA / CRA, alias UA, FD, CLIP score and accuracy, time, memory, storage + definitions
   grid.png            original vs erased on the same seeds, judge verdict under each image
   report.html         one self-contained page with all of the above
-User errors (an empty or unknown concept, a missing model folder, an unreachable hub id, an existing output
-without --overwrite) print one sentence and exit with code 2.
+`--model canvas-gan` runs Text-to-Unlearn on the shipped StyleGAN2-lite instead (generator/, unlearning.json,
+metrics.json, grid.png, report.html). User errors (an empty or unknown concept, a missing model folder, an
+unreachable hub id, an existing output without --overwrite, --steps for a closed-form method) print one sentence
+and exit with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from erasure.canvas.world import OBJECT_ALIASES, OBJECTS, STYLE_ALIASES, UnknownConceptError, concept_kind
+from erasure.canvas.world import PLAIN, UnknownConceptError, canonical
+from erasure.files import atomic_folder, slug
+from erasure.methods import METHODS
+
+GAN_MODEL = "canvas-gan"
 
 
 class UsageError(Exception):
     """A user mistake: printed as one sentence, exit code 2."""
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "concept"
-
-
-def canonical(concept: str) -> str:
-    """Main world name for a world concept given by name or alias."""
-    name = concept.strip().lower()
-    for main, aliases in {**STYLE_ALIASES, **OBJECT_ALIASES}.items():
-        if name == main or name in aliases:
-            return main
-    return name
-
-
 def parse_args(argv):
-    from erasure.erase import METHODS
-
     parser = argparse.ArgumentParser(prog="python -m erasure.run", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--concept", action="append", default=[], help="concept to erase (repeat for several)"
@@ -83,15 +74,20 @@ def validate(args) -> tuple[list[str], Path]:
         raise UsageError('the concept is empty; name what to erase, for example --concept "van gogh".')
     if args.model in ("canvas-sd", GAN_MODEL):
         try:
-            concepts = [canonical(c) for c in concepts]
-            for c in concepts:
-                concept_kind(c)
+            concepts = [canonical(c)[0] for c in concepts]
         except UnknownConceptError as err:
             raise UsageError(str(err)) from None
-        if args.anchor and canonical(args.anchor) not in (*STYLE_ALIASES, *OBJECTS):
-            raise UsageError(f"unknown Canvas anchor {args.anchor!r}; use a style or an object of the world.")
+        if args.anchor:
+            try:
+                args.anchor = canonical(args.anchor, allow_plain=True)[0]
+            except UnknownConceptError:
+                raise UsageError(
+                    f"unknown Canvas anchor {args.anchor!r}; use a style or an object of the world."
+                ) from None
     if args.steps is not None and args.steps < 1:
         raise UsageError("--steps must be a positive number of steps.")
+    if args.steps is not None and args.model != GAN_MODEL and not METHODS[args.method].Config.has_steps:
+        raise UsageError(f"--method {args.method} is a closed-form edit and takes no --steps.")
     if args.eval_seeds < 1:
         raise UsageError("--eval-seeds must be at least 1.")
     out = args.out or Path("runs") / slug("+".join(concepts))
@@ -105,7 +101,7 @@ def run(args) -> Path:
         return run_canvas_gan(args)
     import torch
 
-    from erasure.erase import erase
+    from erasure.engine import erase
     from pipelines.delta import save_delta
     from pipelines.loading import PipelineLoadError, load_pipeline
 
@@ -127,7 +123,7 @@ def run(args) -> Path:
                 erased,
                 concept,
                 method=args.method,
-                anchor=canonical(args.anchor) if args.anchor and is_canvas else args.anchor,
+                anchor=args.anchor,
                 steps=args.steps,
                 seed=args.seed,
                 checkpoint_dir=checkpoints / slug(concept),
@@ -136,11 +132,7 @@ def run(args) -> Path:
         )
         erased = results[-1].pipeline
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
         erased.save_pretrained(tmp / "pipeline", safe_serialization=True)
         save_delta(results, tmp, base_model=args.model)
         storage = (tmp / "delta.safetensors").stat().st_size
@@ -157,38 +149,89 @@ def run(args) -> Path:
         if is_canvas and not args.no_eval:
             evaluate_into(tmp, base, erased, results, args, metrics, definitions)
         (tmp / "metrics.json").write_text(json.dumps({**metrics, "definitions": definitions}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return out
 
 
-# --- canvas-gan: Text-to-Unlearn on the shipped StyleGAN2-lite (erasure/gan/, eval/gan_eval.py) ----------------
-GAN_MODEL = "canvas-gan"
-
-
 def run_canvas_gan(args) -> Path:
-    """`--model canvas-gan`: the same checks and atomic output folder as above; --method does not apply."""
+    """`--model canvas-gan`: Text-to-Unlearn on the shipped StyleGAN2-lite, with the same checks and atomic output
+    folder as above (--method does not apply). Writes generator/ (model.safetensors + config.json),
+    unlearning.json, metrics.json, grid.png and report.html."""
     concepts, out = validate(args)
-    if args.resume:
-        raise UsageError(
-            "--resume does not apply to --model canvas-gan (unlearning takes minutes); use --overwrite."
-        )
-    if args.anchor and canonical(args.anchor) != "plain":
+    if args.anchor and args.anchor != PLAIN:
         raise UsageError(
             "--model canvas-gan takes no --anchor: erased styles become plain, erased objects spread."
         )
-    from eval.gan_eval import GAN_DIR, run_gan
+    from pipelines.stylegan import CANVAS_GAN
 
-    if not (GAN_DIR / "config.json").exists():
+    if not (CANVAS_GAN / "config.json").exists():
         raise UsageError(
-            f"canvas-gan not found in {GAN_DIR}; train it with `python -m erasure.canvas.train_gan`."
+            f"canvas-gan not found in {CANVAS_GAN}; train it with `python -m erasure.train.gan`."
         )
-    return run_gan(concepts, out, steps=args.steps, seed=args.seed, evaluate=not args.no_eval)
+    import torch
+
+    from erasure.engine import unlearn
+    from erasure.gan import TextUnlearnConfig
+    from pipelines.stylegan import load_generator, save_generator
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base = load_generator(CANVAS_GAN, device)
+    checkpoints = out.with_name(out.name + ".checkpoints")
+    config = TextUnlearnConfig(seed=args.seed)
+    new, info = unlearn(
+        base, concepts, config, steps=args.steps, checkpoint_dir=checkpoints, resume=args.resume
+    )
+    with atomic_folder(out) as tmp:
+        info["base"] = str(CANVAS_GAN)
+        unlearning = {k: v for k, v in info.items() if k != "history"}
+        save_generator(new.cpu(), tmp / "generator", extra={"unlearning": unlearning})
+        (tmp / "unlearning.json").write_text(json.dumps(info, indent=2))
+        metrics = {"seconds": info["seconds"]}
+        definitions = {"seconds": "wall-clock seconds of the unlearning itself (canvas-clip pool + training)"}
+        if not args.no_eval:
+            metrics, definitions = evaluate_gan_into(tmp, base.to(device), new.to(device), info, config)
+        metrics = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+        (tmp / "metrics.json").write_text(json.dumps({**metrics, "definitions": definitions}, indent=2))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return out
+
+
+def evaluate_gan_into(tmp: Path, base, new, info: dict, config) -> tuple[dict, dict]:
+    """The judges' numbers on 2000 fixed latents, the grid and the report of a canvas-gan run."""
+    from eval.gan_eval import comparison_grid, evaluate_gan
+    from eval.judges.models import load_judges
+    from eval.report import write_report
+
+    concepts = [c["concept"] for c in info["concepts"]]
+    judges = load_judges(next(base.parameters()).device)
+    metrics, definitions = evaluate_gan(base, new, concepts, judges, n=2000, seconds=info["seconds"])
+    grid = comparison_grid(base, new, concepts, judges)
+    grid.save(tmp / "grid.png")
+    names = ", ".join(concepts)
+    row = {
+        "method": "text-to-unlearn",
+        "concept": names,
+        "train": config.train,
+        "steps": info["config"]["steps"],
+    }
+    row.update({k: v for k, v in metrics.items() if isinstance(v, float | int) and not isinstance(v, bool)})
+    write_report(
+        tmp / "report.html",
+        f"Unlearning {names} from canvas-gan with Text-to-Unlearn",
+        [row],
+        definitions,
+        images={"grid (same latents; judge verdict: style / object)": grid},
+        bars={
+            "judged concept share, before / after": {
+                "before": metrics["concept_share_before"],
+                "after": metrics["concept_share_after"],
+            },
+            "judged style shares after": metrics["style_share_after"],
+            "judged object shares after": metrics["object_share_after"],
+        },
+    )
+    return metrics, definitions
 
 
 def evaluate_into(tmp: Path, base, erased, results, args, metrics: dict, definitions: dict) -> None:

@@ -19,10 +19,10 @@ import torch
 
 from erasure.canvas.data import CHECK_SEED_BASE, augment, render_pool, to_tensor
 from erasure.canvas.world import OBJECTS, STYLES
-from erasure.gan.stylegan import load_generator
-from erasure.gan.text_unlearn import CANVAS_CLIP, CanvasClip
-from eval.gan_eval import EVAL_SEED, GAN_DIR, fixed_latents, sample
+from eval.gan_eval import EVAL_SEED, fixed_latents, sample
 from eval.judges.models import load_judges
+from pipelines.canvas_clip import CANVAS_CLIP, CanvasClip
+from pipelines.stylegan import CANVAS_GAN, load_generator
 
 REAL_SEEDS = range(CHECK_SEED_BASE + 500, CHECK_SEED_BASE + 504)  # 4 held-out renders per (style, object)
 DEFINITIONS = {
@@ -74,7 +74,7 @@ def canvas_clip_quality(clip: CanvasClip, generator, judges, n: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", default=str(CANVAS_CLIP), help="a canvas-clip folder")
-    parser.add_argument("--generator", default=str(GAN_DIR), help="a folder written by save_generator")
+    parser.add_argument("--generator", default=str(CANVAS_GAN), help="a folder written by save_generator")
     parser.add_argument("--n", type=int, default=2000, help="canvas-gan samples to compare with the judges")
     args = parser.parse_args(argv)
     if args.n < 1:

@@ -14,7 +14,16 @@ from pathlib import Path
 import torch
 
 from erasure.canvas.data import CHECK_SEED_BASE, render_pool, to_tensor
-from erasure.canvas.world import ARTIST_STYLES, OBJECT_ALIASES, OBJECTS, PLAIN, STYLE_ALIASES, STYLES, caption
+from erasure.canvas.world import (
+    ARTIST_STYLES,
+    OBJECT_ALIASES,
+    OBJECTS,
+    PLAIN,
+    STYLE_ALIASES,
+    STYLES,
+    caption,
+    default_anchor,
+)
 from eval.answer_set import AnswerSet, generate_answer_set, world_items
 from eval.grid import image_grid
 from eval.judges.models import Judges, world_prompt
@@ -111,15 +120,6 @@ def _target(answers: AnswerSet, concept: str, kind: str) -> AnswerSet:
     return answers.subset([i for i, label in enumerate(labels) if label == concept])
 
 
-def anchor_of(concept: str, kind: str, anchor: str | None) -> str:
-    """The concept the erased one should turn into: `plain` for styles, a given or default object for objects."""
-    if anchor:
-        return anchor
-    if kind == "style":
-        return PLAIN
-    return next(o for o in OBJECTS if o != concept)
-
-
 def evaluate_erasure(
     base,
     erased,
@@ -132,7 +132,7 @@ def evaluate_erasure(
 ) -> tuple[dict, dict]:
     """(numbers, definitions) for erasing `concept` from `base` into `erased`, both diffusers pipelines."""
     settings = settings or EvalSettings()
-    anchor = anchor_of(concept, kind, anchor)
+    anchor = anchor or default_anchor(concept, kind)
     items = world_items()
     n_seeds = len(settings.seeds)
     base_answers = answer_set(base, items, judges, settings, "answer set (original)", cache_dir)

@@ -1,6 +1,7 @@
-"""Evaluate a GAN unlearning on the Canvas world, and write the run folder of `python -m erasure.run --model canvas-gan`.
+"""Evaluate a generator, or a GAN unlearning, on the Canvas world with the judges.
 
     numbers, definitions = evaluate_gan(before, after, ["van gogh"], load_judges())
+    stats = judged_stats(sample(generator, fixed_latents(generator, 520, 1234)), judges, real_features)
 
 Both generators draw the same `n` fixed latents (const noise); the judges (assets/judges, independent of canvas-clip,
 which guided the unlearning) say which style and object every sample shows. Each number's definition is returned
@@ -9,30 +10,22 @@ beside it and lands in metrics.json and report.html.
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import shutil
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
 from scipy.stats import wasserstein_distance
 
 from erasure.canvas.data import CHECK_SEED_BASE, render_pool, to_tensor
-from erasure.canvas.world import OBJECTS, STYLES
-from erasure.gan.stylegan import Generator, load_generator, save_generator, to_unit
-from erasure.gan.text_unlearn import TextUnlearnConfig, canonical_concept, unlearn
+from erasure.canvas.world import OBJECTS, STYLES, canonical
 from eval.grid import image_grid
 from eval.judges.models import Judges, world_prompt
 from eval.metrics import frechet_distance
-from eval.report import write_report
+from pipelines.stylegan import Generator, to_unit
 
-ASSETS = Path(os.environ.get("ERASURE_ASSETS", Path(__file__).resolve().parents[1] / "assets"))
-GAN_DIR = ASSETS / "canvas-gan"
 EVAL_SEED = 2024  # the evaluation's fixed latents; unlearning pools its latents from other seeds
 REAL_SEEDS = range(CHECK_SEED_BASE + 300, CHECK_SEED_BASE + 316)  # 16 held-out renders per (style, object)
+MONITOR_REAL_SEEDS = range(CHECK_SEED_BASE + 200, CHECK_SEED_BASE + 204)  # train_gan's logged FD, gan_quality
 CLASSES = {"style": STYLES, "object": OBJECTS}
 
 
@@ -84,6 +77,38 @@ def sample(generator: Generator, z: torch.Tensor, batch: int = 250) -> torch.Ten
     )
 
 
+def judged_stats(images: torch.Tensor, judges: Judges, real_features: torch.Tensor | None) -> dict:
+    """Share of every style / object as judged (and relative to uniform), missing classes, FD to real renders."""
+    styles, objects = judges.predict(images)
+    n, sc, oc = len(images), Counter(styles), Counter(objects)
+    style_share = {s: sc[s] / n for s in STYLES}
+    object_share = {o: oc[o] / n for o in OBJECTS}
+    stats = {
+        "n": n,
+        "style_share": style_share,
+        "object_share": object_share,
+        "style_ratio_min": min(style_share.values()) * len(STYLES),
+        "style_ratio_max": max(style_share.values()) * len(STYLES),
+        "object_ratio_min": min(object_share.values()) * len(OBJECTS),
+        "object_ratio_max": max(object_share.values()) * len(OBJECTS),
+        "missing": [c for c, v in {**style_share, **object_share}.items() if v == 0],
+    }
+    if real_features is not None:
+        stats["fd"] = frechet_distance(judges.features(images).cpu(), real_features)
+    return stats
+
+
+def describe(stats: dict) -> str:
+    """One line for `judged_stats`: class shares relative to uniform, FD, missing classes."""
+    text = (
+        f"styles x{stats['style_ratio_min']:.2f}-x{stats['style_ratio_max']:.2f} of uniform, "
+        f"objects x{stats['object_ratio_min']:.2f}-x{stats['object_ratio_max']:.2f}"
+    )
+    if "fd" in stats:
+        text += f", FD {stats['fd']:.1f}"
+    return text + (f", missing: {', '.join(stats['missing'])}" if stats["missing"] else "")
+
+
 def concept_text(judges: Judges, concept: str, kind: str) -> torch.Tensor:
     """Unit judge-clip text embedding of a concept: the normalised mean over the other attribute of world_prompt."""
     texts = (
@@ -128,7 +153,7 @@ def evaluate_gan(
 ) -> tuple[dict, dict]:
     """(numbers, definitions) for unlearning `concepts` from `before` into `after` on `n` fixed latents."""
     start = time.perf_counter()
-    erased = [canonical_concept(c) for c in ([concepts] if isinstance(concepts, str) else concepts)]
+    erased = [canonical(c) for c in ([concepts] if isinstance(concepts, str) else concepts)]
     names = ", ".join(c for c, _ in erased)
     z = fixed_latents(before, n, seed)
     images = {"before": sample(before, z), "after": sample(after, z)}
@@ -237,7 +262,7 @@ def comparison_grid(
     before: Generator, after: Generator, concepts, judges: Judges, seed: int = EVAL_SEED, rows: int = 8
 ):
     """Same latents in both columns: up to rows/2 samples judged as a concept before, then others; verdicts below."""
-    erased = [canonical_concept(c) for c in ([concepts] if isinstance(concepts, str) else concepts)]
+    erased = [canonical(c) for c in ([concepts] if isinstance(concepts, str) else concepts)]
     z = fixed_latents(before, 400, seed)
     x_before = sample(before, z)
     shows = _shows(dict(zip(("style", "object"), judges.predict(x_before))), erased)
@@ -251,79 +276,3 @@ def comparison_grid(
         verdicts[name] = [f"{s} / {o}" for s, o in zip(styles, objects)]
     labels = [f"z{i}" + (" (concept)" if shows[i] else "") for i in pick]
     return image_grid(columns, labels, verdicts)
-
-
-# --- the run folder ---------------------------------------------------------------------------------------------
-def run_gan(
-    concepts: list[str],
-    out: Path,
-    steps: int | None = None,
-    seed: int = 0,
-    evaluate: bool = True,
-    model_dir: Path = GAN_DIR,
-    n: int = 2000,
-) -> Path:
-    """Unlearn `concepts` from the generator in `model_dir` and write, atomically (temp folder renamed to `out`):
-    generator/ (model.safetensors + config.json), unlearning.json, metrics.json, grid.png, report.html.
-    """
-    from eval.judges.models import load_judges
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = load_generator(model_dir, device)
-    config = TextUnlearnConfig(seed=seed, **({"steps": steps} if steps is not None else {}))
-    new, info = unlearn(base, concepts, config=config)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        info["base"] = str(model_dir)
-        save_generator(
-            new.cpu(),
-            tmp / "generator",
-            extra={"unlearning": {k: v for k, v in info.items() if k != "history"}},
-        )
-        (tmp / "unlearning.json").write_text(json.dumps(info, indent=2))
-        metrics = {"seconds": info["seconds"]}
-        definitions = {"seconds": "wall-clock seconds of the unlearning itself (canvas-clip pool + training)"}
-        if evaluate:
-            judges = load_judges(device)
-            base, new = base.to(device), new.to(device)
-            metrics, definitions = evaluate_gan(base, new, concepts, judges, n=n, seconds=info["seconds"])
-            grid = comparison_grid(base, new, concepts, judges)
-            grid.save(tmp / "grid.png")
-            names = ", ".join(c["concept"] for c in info["concepts"])
-            row = {
-                "method": "text-to-unlearn",
-                "concept": names,
-                "train": config.train,
-                "steps": config.steps,
-            }
-            row.update(
-                {k: v for k, v in metrics.items() if isinstance(v, float | int) and not isinstance(v, bool)}
-            )
-            write_report(
-                tmp / "report.html",
-                f"Unlearning {names} from canvas-gan with Text-to-Unlearn",
-                [row],
-                definitions,
-                images={"grid (same latents; judge verdict: style / object)": grid},
-                bars={
-                    "judged concept share, before / after": {
-                        "before": metrics["concept_share_before"],
-                        "after": metrics["concept_share_after"],
-                    },
-                    "judged style shares after": metrics["style_share_after"],
-                    "judged object shares after": metrics["object_share_after"],
-                },
-            )
-        metrics = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
-        (tmp / "metrics.json").write_text(json.dumps({**metrics, "definitions": definitions}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out

@@ -16,10 +16,9 @@ import sys
 import torch
 
 from erasure.canvas.data import render_pool, to_tensor
-from erasure.canvas.train_gan import MONITOR_REAL_SEEDS, judged_stats
-from erasure.gan.stylegan import load_generator
-from eval.gan_eval import GAN_DIR, fixed_latents, sample
+from eval.gan_eval import MONITOR_REAL_SEEDS, fixed_latents, judged_stats, sample
 from eval.judges.models import load_judges
+from pipelines.stylegan import CANVAS_GAN, load_generator
 
 DEFINITIONS = {
     "style_share": "share of the n samples whose top style-judge prediction is that style",
@@ -40,7 +39,7 @@ def gan_quality(generator, judges, n: int, seed: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generator", default=str(GAN_DIR), help="a folder written by save_generator")
+    parser.add_argument("--generator", default=str(CANVAS_GAN), help="a folder written by save_generator")
     parser.add_argument("--n", type=int, default=10400, help="samples to judge")
     parser.add_argument("--seed", type=int, default=7, help="torch seed of the latents")
     args = parser.parse_args(argv)

@@ -6,7 +6,8 @@
 
 `delta.safetensors` maps '<component>.<parameter name>' (e.g. 'unet.up_blocks.1.attentions.0.transformer_blocks.0
 .attn2.to_v.weight') to the tensor's new value. `erasure.json` says what was erased (method, concept, kind,
-anchor), from which base, with which config and library versions, the delta's sha256 and its tensor names.
+anchor), from which base, with which config and library versions, the content sha256 of the delta's tensors
+(`content_sha256`) and their names.
 Loading needs nothing but these two files and a compatible base pipeline.
 """
 
@@ -37,18 +38,24 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _sha256(path: Path) -> str:
+def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the tensors themselves: for each name in sorted order, its name, dtype, shape and raw bytes.
+
+    Unlike a hash of the file, it does not depend on how safetensors orders the header's metadata map, so the
+    same erasure run twice records the same hash.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
 def save_delta(result, directory: str | Path, base_model: str | None = None) -> Path:
     """Write an erasure's delta to `directory`/delta.safetensors and its description to `directory`/erasure.json.
 
-    `result` is an `erasure.erase.ErasureResult`, or a list of them for concepts erased one after another (each
+    `result` is an `erasure.engine.ErasureResult`, or a list of them for concepts erased one after another (each
     from the previous one's pipeline): their deltas merge in order, and method, concept, kind, anchor, config,
     steps and seconds then hold one value per erasure. `base_model` overrides the base recorded (by default the
     name or folder the first erasure's pipeline was loaded from). Returns the delta file's path.
@@ -74,7 +81,7 @@ def save_delta(result, directory: str | Path, base_model: str | None = None) -> 
         seconds=round(sum(r.seconds for r in results), 3),
         peak_memory_bytes=max(r.peak_memory_bytes for r in results),
         versions={p: _version(p) for p in ("torch", "diffusers", "transformers", "erasure")},
-        delta_sha256=_sha256(path),
+        delta_sha256=content_sha256(tensors),
         delta_bytes=path.stat().st_size,
         tensors={name: list(value.shape) for name, value in tensors.items()},
     )
@@ -83,7 +90,7 @@ def save_delta(result, directory: str | Path, base_model: str | None = None) -> 
 
 
 def load_delta(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The delta tensors and the erasure.json description from `directory`, after checking the sha256."""
+    """The delta tensors and the erasure.json description from `directory`, after checking their content sha256."""
     directory = Path(directory)
     meta_path, path = directory / META_FILE, directory / DELTA_FILE
     if not meta_path.is_file() or not path.is_file():
@@ -91,13 +98,13 @@ def load_delta(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             f"{directory} holds no erasure delta ({DELTA_FILE} and {META_FILE} are both needed)."
         )
     meta = json.loads(meta_path.read_text())
-    if _sha256(path) != meta.get("delta_sha256"):
-        raise ValueError(
-            f"{path} does not match the sha256 recorded in {meta_path}; the delta is corrupt or was replaced."
-        )
     tensors = load_file(path)
     if sorted(tensors) != sorted(meta.get("tensors", {})):
         raise ValueError(f"the tensors in {path} differ from those listed in {meta_path}.")
+    if content_sha256(tensors) != meta.get("delta_sha256"):
+        raise ValueError(
+            f"{path} does not match the sha256 recorded in {meta_path}; the delta is corrupt or was replaced."
+        )
     return tensors, meta
 
 

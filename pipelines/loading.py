@@ -23,11 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from erasure.files import ASSETS
+
 if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
 
-ASSETS = Path(os.environ.get("ERASURE_ASSETS", Path(__file__).resolve().parents[1] / "assets"))
 
 # Short names for the models this repository ships (and trains).
 REGISTRY: dict[str, Path] = {
@@ -36,7 +37,7 @@ REGISTRY: dict[str, Path] = {
 
 # How to (re)create each shipped model when its folder is missing.
 TRAIN_COMMANDS: dict[str, str] = {
-    "canvas-sd": "python -m erasure.canvas.train_sd",
+    "canvas-sd": "python -m erasure.train.sd",
 }
 
 # Pipeline classes whose folders StableDiffusionPipeline loads as they are (same components).

@@ -1,7 +1,7 @@
-"""Shared fixtures: a tiny, randomly initialised canvas-shaped StableDiffusionPipeline built in the test itself.
+"""Shared fixtures: tiny, randomly initialised models of the shapes the project ships, built in the test session.
 
-It uses the same classes and the same world tokenizer as canvas-sd, so loading, saving and editing code is
-exercised exactly as on the shipped model, in seconds.
+They use the same classes and the same world tokenizer as the shipped models, so loading, saving and editing code
+is exercised exactly as on them, in seconds.
 """
 
 from __future__ import annotations
@@ -14,42 +14,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from transformers import CLIPTextConfig, CLIPTextModel
 
-from erasure.canvas.sd_config import build_unet, build_vae, inference_scheduler
 from erasure.canvas.tokenizer import build_tokenizer
+from erasure.canvas.world import OBJECTS, STYLES
+from eval.judges.models import ConvJudge, Judges, create_judge_clip
+from tests.helpers import build_tiny_pipeline
 
 torch.set_num_threads(1)
-
-
-def build_tiny_pipeline(tmp_dir, seed: int = 0) -> StableDiffusionPipeline:
-    torch.manual_seed(seed)
-    tokenizer = build_tokenizer(tmp_dir)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    pipe = StableDiffusionPipeline(
-        vae=build_vae(scale=0.25),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=build_unet(cross_attention_dim=32, scale=0.25),
-        scheduler=inference_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +40,28 @@ def tiny_pipeline(tiny_pipeline_dir):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def random_judges() -> Judges:
+    """Judges of the shipped shapes with random weights: they run, and their verdicts mean nothing."""
+    torch.manual_seed(0)
+    style, obj = ConvJudge(len(STYLES)).eval(), ConvJudge(len(OBJECTS)).eval()
+    clip, tokenizer = create_judge_clip()
+    return Judges(style, obj, torch.device("cpu"), clip=clip.eval(), clip_tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A randomly initialised canvas-clip-shaped CLIPModel with the world tokenizer, saved like the real one."""
+    from transformers import CLIPModel
+
+    from erasure.train.clip import canvas_clip_config
+
+    root = tmp_path_factory.mktemp("tiny-clip")
+    tokenizer = build_tokenizer(root)
+    torch.manual_seed(0)
+    model = CLIPModel(canvas_clip_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
+    model.save_pretrained(root, safe_serialization=True)
+    tokenizer.save_pretrained(root)
+    return root

@@ -1,9 +1,77 @@
-"""Helpers shared by the method tests: a pipeline reloaded from its folder, and all of a pipeline's tensors."""
+"""Helpers shared by the tests (import them as `from tests.helpers import ...`): tiny models built in the test
+itself, a pipeline reloaded from its folder, and snapshots of a module's tensors."""
 
 from __future__ import annotations
 
 import torch
 from diffusers import StableDiffusionPipeline
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from erasure.canvas.sd_config import build_unet, build_vae, inference_scheduler
+from erasure.canvas.tokenizer import build_tokenizer
+from erasure.canvas.world import STYLES
+from erasure.gan.text_unlearn import POOL_SEED
+from pipelines.canvas_clip import CanvasClip
+from pipelines.stylegan import DiscriminatorConfig, Generator, GeneratorConfig
+
+# A few steps of everything for DoCo on the tiny pipeline: 1 discriminator warm-up step, then UNet updates.
+TINY_DOCO = {
+    "steps": 4,
+    "d_warmup": 1,
+    "batch_size": 2,
+    "learning_rate": 1e-3,
+    "num_anchor_images": 4,
+    "anchor_steps": 2,
+    "anchor_guidance": 5.0,
+    "anchor_batch": 4,
+    "checkpoint_every": 2,
+}
+SMALL = GeneratorConfig(z_dim=16, w_dim=32, mapping_layers=2, channels=(32, 16, 16, 8))
+SMALL_D = DiscriminatorConfig(channels=(8, 16, 16, 16))
+SMALL_D_HEADS = DiscriminatorConfig(channels=(8, 16, 16, 16), class_counts=(13, 10))
+
+
+def world_text_encoder(tokenizer, hidden_size: int, intermediate_size: int, layers: int, heads: int):
+    """A random CLIP text encoder over the world tokenizer's vocabulary (canvas-clip's text tower has 96/384/3/3)."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def pipeline_of(vae, text_encoder, tokenizer, unet, scheduler=None) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline of these components, without a safety checker, progress bars off."""
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler or inference_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_pipeline(tmp_dir, seed: int = 0) -> StableDiffusionPipeline:
+    """A randomly initialised canvas-shaped StableDiffusionPipeline with the world tokenizer (seconds to build)."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(tmp_dir)
+    text_encoder = world_text_encoder(tokenizer, 32, 64, 2, 2)
+    return pipeline_of(
+        build_vae(scale=0.25), text_encoder, tokenizer, build_unet(cross_attention_dim=32, scale=0.25)
+    )
 
 
 def fresh(folder) -> StableDiffusionPipeline:
@@ -20,3 +88,31 @@ def all_tensors(pipe) -> dict[str, torch.Tensor]:
         for c in ("unet", "text_encoder", "vae")
         for n, v in getattr(pipe, c).state_dict().items()
     }
+
+
+def small_generator(seed=0) -> Generator:
+    """A small random StyleGAN2-lite (SMALL)."""
+    torch.manual_seed(seed)
+    return Generator(SMALL)
+
+
+def snapshot(module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def changed(before: dict, module) -> set[str]:
+    """Names of `module`'s parameters that differ from the `snapshot` `before`."""
+    return {n for n, p in module.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+def pool_concept(G, clip_dir, pool) -> tuple[str, float]:
+    """A style and a canvas-clip probability threshold that split the pool (random canvas-clip) in two halves."""
+    clip = CanvasClip(clip_dir)
+    z = torch.randn(pool, G.config.z_dim, generator=torch.Generator().manual_seed(POOL_SEED))
+    with torch.no_grad():
+        logits = clip.pair_logits(clip.image(G(z, noise_mode="const")), clip.pair_texts())
+    p_style = logits.logsumexp(2).softmax(-1)
+    concept = STYLES[1]
+    threshold = float(p_style[:, 1].median())
+    assert float(p_style[:, 1].min()) < threshold, "the random canvas-clip must tell the pooled samples apart"
+    return concept, threshold

@@ -78,6 +78,22 @@ PLAIN_TEMPLATES: tuple[str, ...] = (
 )
 
 
+# The default anchor of an erased object: a sibling the judges tell apart (DoCo anchors an instance to a related
+# class; the world has no parent classes, so a neighbour takes that role). An erased style's anchor is `plain`.
+OBJECT_ANCHORS: dict[str, str] = {
+    "cat": "bird",
+    "fish": "bird",
+    "bird": "fish",
+    "flower": "tree",
+    "tree": "flower",
+    "house": "car",
+    "car": "boat",
+    "boat": "car",
+    "star": "moon",
+    "moon": "star",
+}
+
+
 class UnknownConceptError(ValueError):
     """A style or object that the Canvas world does not have; the message lists the valid names."""
 
@@ -114,6 +130,26 @@ def concept_kind(concept: str) -> str:
         f"unknown Canvas concept {concept!r}; valid styles: {', '.join(ARTIST_STYLES)}; "
         f"valid objects: {', '.join(OBJECTS)}."
     )
+
+
+def canonical(concept: str, allow_plain: bool = False) -> tuple[str, str]:
+    """(main name, kind) of a world concept given by its name or an alias, the one resolver of the project.
+
+    Raises UnknownConceptError (listing the valid names) for anything else. `plain` is accepted, as a style,
+    only with `allow_plain` (it is an anchor, never an erasable concept).
+    """
+    name = concept.strip().lower()
+    if allow_plain and name == PLAIN:
+        return PLAIN, "style"
+    kind = concept_kind(name)
+    aliases = STYLE_ALIASES if kind == "style" else OBJECT_ALIASES
+    return next(main for main, names in aliases.items() if name == main or name in names), kind
+
+
+def default_anchor(concept: str, kind: str) -> str:
+    """What an erased world concept becomes unless told otherwise: `plain` for a style, OBJECT_ANCHORS for an
+    object."""
+    return PLAIN if kind == "style" else OBJECT_ANCHORS[concept]
 
 
 def caption(

@@ -1,28 +1,9 @@
-"""canvas-gan (StyleGAN2-lite) and Text-to-Unlearn, the text-guided GAN unlearner.
+"""Text-to-Unlearn, the text-guided GAN unlearner (canvas-gan's StyleGAN2-lite lives in `pipelines.stylegan`).
 
-from erasure.gan import load_generator, unlearn
+from erasure import unlearn
 new_generator, info = unlearn(load_generator("assets/canvas-gan"), ["van gogh"])
 """
 
-from erasure.gan.stylegan import (
-    Discriminator,
-    DiscriminatorConfig,
-    Generator,
-    GeneratorConfig,
-    load_generator,
-    save_generator,
-    to_unit,
-)
-from erasure.gan.text_unlearn import TextUnlearnConfig, unlearn
+from erasure.gan.text_unlearn import TextUnlearnConfig, run
 
-__all__ = [
-    "Discriminator",
-    "DiscriminatorConfig",
-    "Generator",
-    "GeneratorConfig",
-    "TextUnlearnConfig",
-    "load_generator",
-    "save_generator",
-    "to_unit",
-    "unlearn",
-]
+__all__ = ["TextUnlearnConfig", "run"]

@@ -12,32 +12,20 @@ aliases are never used here: they are held out for generalisation tests.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
+from diffusers.utils import logging as diffusers_logging
+from tqdm.auto import tqdm
 
 from erasure.canvas import world
+from erasure.files import ASSETS
 
-TEMPLATE_BANK = Path(__file__).resolve().parents[2] / "assets" / "prompts" / "anchor_templates.json"
-
-# Default anchor for erasing a Canvas object: a sibling the judges tell apart (DoCo anchors an instance to a
-# related class; the Canvas world has no parent classes, so a neighbour takes that role).
-CANVAS_OBJECT_ANCHORS = {
-    "cat": "bird",
-    "fish": "bird",
-    "bird": "fish",
-    "flower": "tree",
-    "tree": "flower",
-    "house": "car",
-    "car": "boat",
-    "boat": "car",
-    "star": "moon",
-    "moon": "star",
-}
+TEMPLATE_BANK = ASSETS / "prompts" / "anchor_templates.json"
 # Default style anchor on a real model: DoCo's class prompt "painting" (the bank's templates without a style).
 REAL_STYLE_ANCHOR = "painting"
 
@@ -87,10 +75,10 @@ def build_request(
         raise ValueError("the concept to erase is empty.")
     canvas = is_canvas(pipeline)
     if canvas:
-        kind = world.concept_kind(concept)  # raises UnknownConceptError listing the valid names
-        concept = _canonical(concept, kind)  # an alias is trained as its main name
+        # An alias is trained as its main name; an unknown name raises UnknownConceptError listing the valid ones.
+        concept, kind = world.canonical(concept)
         if anchor is None:
-            anchor = world.PLAIN if kind == "style" else CANVAS_OBJECT_ANCHORS[concept]
+            anchor = world.default_anchor(concept, kind)
         anchor = world.check_style(anchor) if kind == "style" else world.check_object(anchor)
         targets, anchors = canvas_prompt_pairs(concept, kind, anchor)
         retain = canvas_retain_prompts(concept, kind)
@@ -112,11 +100,6 @@ def build_request(
     if anchor == concept:
         raise ValueError(f"the anchor must differ from the concept {concept!r}.")
     return ErasureRequest(concept, kind, anchor, targets, anchors, retain, canvas, anchor_latents)
-
-
-def _canonical(concept: str, kind: str) -> str:
-    aliases = world.STYLE_ALIASES if kind == "style" else world.OBJECT_ALIASES
-    return next(main for main, names in aliases.items() if concept == main or concept in names)
 
 
 def canvas_prompt_pairs(concept: str, kind: str, anchor: str) -> tuple[list[str], list[str]]:
@@ -196,6 +179,34 @@ def select_pairs(request: ErasureRequest, n: int, seed: int) -> list[int]:
     return [order[i % len(order)] for i in range(n)]
 
 
+def frozen_teacher_and_student(pipeline, device, select=None):
+    """(teacher, student, trainable parameters) for a method that edits a copy of the UNet.
+
+    Every component is frozen and moved to `device`; the pipeline's own UNet becomes the frozen teacher (eval
+    mode) and a deep copy of it the student (train mode), whose parameters `select(student)` (a dict by name)
+    are the only ones that train. The input pipeline's weights never change.
+    """
+    for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
+        module.requires_grad_(False).to(device)
+    teacher = pipeline.unet.eval()
+    student = copy.deepcopy(teacher).train()
+    params = select(student) if select is not None else {}
+    for p in params.values():
+        p.requires_grad_(True)
+    return teacher, student, params
+
+
+def pipeline_with_unet(pipeline, unet):
+    """A new pipeline of the same class sharing every component of `pipeline` but `unet` (frozen, eval mode)."""
+    unet.requires_grad_(False).eval()
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # from_pipe's dtype pass warns about casting; nothing is cast
+    try:
+        return type(pipeline).from_pipe(pipeline, unet=unet)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
 def forward_equivalents(passes: dict[str, float]) -> float:
     """One number for a method's `unet_passes()`: forwards + 2 x backwards (a backward costs about two forwards)."""
     return passes["forward"] + 2 * passes["backward"]
@@ -243,16 +254,21 @@ def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: t
     return latents
 
 
-@torch.no_grad()
-def encode_prompts(pipeline, prompts: list[str], device) -> torch.Tensor:
-    """Text-encoder hidden states (the UNet's cross-attention input) for `prompts`, as SD's training scripts do."""
-    ids = pipeline.tokenizer(
-        prompts,
+def tokenize(pipeline, texts: list[str]):
+    """The pipeline's tokenizer on `texts`, padded to its full length as SD's text encoder expects."""
+    return pipeline.tokenizer(
+        texts,
         padding="max_length",
         max_length=pipeline.tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
-    ).input_ids
+    )
+
+
+@torch.no_grad()
+def encode_prompts(pipeline, prompts: list[str], device) -> torch.Tensor:
+    """Text-encoder hidden states (the UNet's cross-attention input) for `prompts`, as SD's training scripts do."""
+    ids = tokenize(pipeline, prompts).input_ids
     out = [pipeline.text_encoder(ids[i : i + 64].to(device))[0] for i in range(0, len(prompts), 64)]
     return torch.cat(out).float()
 
@@ -319,8 +335,6 @@ def generate_anchor_latents(
     The sampler's latents are decoded to images and encoded again, as if the images had been saved and loaded:
     the training data then lies on the VAE's manifold like the base model's own training data.
     """
-    from tqdm.auto import tqdm
-
     vae = pipeline.vae
     scale = vae.config.scaling_factor
     saved = dict(getattr(pipeline, "_progress_bar_config", {}))

@@ -15,91 +15,60 @@ script, the learning rate doubles. Gradients are clipped to `max_grad_norm`; Ada
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from diffusers.utils import logging as diffusers_logging
 
 from erasure.methods.base import (
     AnchorData,
     cross_attention_kv,
     diffusion_target,
     encode_prompts,
+    frozen_teacher_and_student,
+    pipeline_with_unet,
 )
+from erasure.methods.config import AnchorImagesConfig, option
 
 
 @dataclass
-class CAConfig:
+class CAConfig(AnchorImagesConfig):
     """Concept Ablation's settings. The field defaults are the official SD 1.4 ones for styles and objects (diffusers
     README: 100 steps on 2 GPUs (200 on one), batch 4 per GPU, lr 2e-6 with --scale_lr, --hflip, cross-attn K/V,
     model-based loss; train.py: AdamW betas (0.9, 0.999), weight decay 1e-2, max_grad_norm 1, 200 generated anchor
     images (1000 in the paper), prior preservation off except for instances like 'grumpy cat')."""
 
-    steps: int = 200  # the single-GPU figure: 100 steps x 2 GPUs of batch 4
-    batch_size: int = 4
-    learning_rate: float = 2e-6  # before scaling
-    scale_lr: bool = True  # multiply by batch_size x processes (x2 with prior preservation, as the script)
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    anchor_teacher: str = (
-        "frozen"  # 'frozen' (original UNet) or 'current' (official: the trained UNet, no_grad)
+    method_name: ClassVar[str] = "Concept Ablation"
+
+    steps: int = option(200, "optimizer steps: the single-GPU figure of 100 steps x 2 GPUs of batch 4")
+    batch_size: int = option(4, "noised anchor latents per step")
+    learning_rate: float = option(2e-6, "AdamW learning rate, before scaling")
+    scale_lr: bool = option(
+        True, "multiply by batch_size x processes (x2 with prior preservation, as the script)"
     )
-    prior_preservation: bool = False
-    prior_weight: float = 1.0
-    num_anchor_images: int = 200
-    anchor_steps: int = 50  # the script samples anchor images with the pipeline's defaults
-    anchor_guidance: float = 7.5
-    anchor_batch: int = 8
-    hflip: bool = True
-    mixed_precision: str = "no"  # 'no' or 'bf16'
-    checkpoint_every: int = 250
-    divergence_factor: float = 100.0
-
-    def __post_init__(self):
-        if self.anchor_teacher not in ("frozen", "current"):
-            raise ValueError(f"anchor_teacher must be 'frozen' or 'current', not {self.anchor_teacher!r}.")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"CA supports mixed_precision 'no' or 'bf16', not {self.mixed_precision!r}.")
-
-    @classmethod
-    def sd(cls, kind: str = "style") -> CAConfig:
-        return cls()
+    weight_decay: float = option(1e-2, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    anchor_teacher: Literal["frozen", "current"] = option(
+        "frozen", "'frozen' (original UNet) or 'current' (official script: the trained UNet under no_grad)"
+    )
+    prior_preservation: bool = option(False, "add the diffusion loss on anchor latents with anchor prompts")
+    prior_weight: float = option(1.0, "weight of the prior-preservation loss")
 
     @classmethod
     def canvas(cls, kind: str = "style") -> CAConfig:
-        """Canvas-sd, with at least DoCo's canvas compute (`DoCoConfig.canvas`), counted in single-sample UNet passes.
-
-        DoCo: 10400 forwards (2560 of them generating 64 anchor images at 20 steps with guidance) and 4480
-        backwards (280 UNet steps x (8 target + 8 prior)). CA: the same 64 anchor images (2560 forwards) and 560
-        steps of batch 8: 560 x 16 = 8960 training forwards (anchor teacher + trainable) and 560 x 8 = 4480
-        backwards; 11520 forwards in all. About 0.15-0.3 s per step on 2 busy cores: 2-3 minutes per concept.
-        Learning rate 1e-4 before batch scaling (8e-4): at DoCo's 2e-5, van gogh (seed 0) kept UA 0 after 560
-        steps, since noise matching must be near exact before classifier-free guidance (x5) stops amplifying the
-        rest; at 1e-4, UA 100, IRA 95.5, CRA 99.6, FD 4.92 (base 3.58).
+        """Canvas-sd, with at least DoCo's canvas compute (`DoCoConfig.canvas`), counted in single-sample UNet
+        passes: the same 64 anchor images and 560 steps of batch 8 (11520 forwards, 4480 backwards), at a
+        learning rate of 1e-4 before batch scaling. How each figure was measured: docs/methods.md.
         """
-        from erasure.canvas.sd_config import GUIDANCE_SCALE, INFERENCE_STEPS
-
         return replace(
-            cls.sd(kind),
+            cls.sd(kind).with_canvas_anchor_images(),
             steps=560,
             batch_size=8,
             learning_rate=1e-4,
-            num_anchor_images=64,
-            anchor_steps=INFERENCE_STEPS,
-            anchor_guidance=GUIDANCE_SCALE,
-            anchor_batch=32,
             checkpoint_every=100,
         )
-
-    @classmethod
-    def defaults(cls, kind: str, canvas: bool) -> CAConfig:
-        return cls.canvas(kind) if canvas else cls.sd(kind)
-
-    def with_steps(self, steps: int) -> CAConfig:
-        return replace(self, steps=steps)
 
     def unet_passes(self) -> dict[str, float]:
         """Single-sample UNet passes of a run (anchor generation included): {'forward': ..., 'backward': ...}."""
@@ -116,13 +85,7 @@ def run(pipeline, request, config: CAConfig, session):
     accelerator, device = session.accelerator, session.device
 
     # 1. Models: the input UNet is the frozen teacher; a copy trains its attn2 key/value projections only.
-    for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
-        module.requires_grad_(False).to(device)
-    teacher = pipeline.unet.eval()
-    unet = copy.deepcopy(teacher).train()
-    params = cross_attention_kv(unet)
-    for p in params.values():
-        p.requires_grad_(True)
+    teacher, unet, params = frozen_teacher_and_student(pipeline, device, cross_attention_kv)
     anchor_model = teacher if config.anchor_teacher == "frozen" else unet
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, clip_sample=False, thresholding=False)
 
@@ -168,10 +131,4 @@ def run(pipeline, request, config: CAConfig, session):
         optimizer.zero_grad(set_to_none=True)
         session.end_step(step, losses)
 
-    unet.requires_grad_(False).eval()
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # from_pipe's dtype pass warns about casting; nothing is cast
-    try:
-        return type(pipeline).from_pipe(pipeline, unet=unet)
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
+    return pipeline_with_unet(pipeline, unet)

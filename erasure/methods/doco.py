@@ -28,14 +28,14 @@ the same schedule of UNet updates and the same surgery.
 
 from __future__ import annotations
 
-import copy
 import math
+import typing
 from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from diffusers.utils import logging as diffusers_logging
 from torch import nn
 
 from erasure.methods.base import (
@@ -43,46 +43,52 @@ from erasure.methods.base import (
     cross_attention_kv,
     diffusion_target,
     encode_prompts,
+    frozen_teacher_and_student,
+    pipeline_with_unet,
     predicted_x0,
 )
+from erasure.methods.config import AnchorImagesConfig, option
 
-SURGERY_RULES = ("normalized", "pcgrad", "none")
+SurgeryRule = Literal["normalized", "pcgrad", "none"]
+SURGERY_RULES = typing.get_args(SurgeryRule)
 
 
 @dataclass
-class DoCoConfig:
+class DoCoConfig(AnchorImagesConfig):
     """DoCo's settings. The field defaults are the official SD 1.x ones for a style (repo README / scripts);
     `DoCoConfig.sd("object")` and `DoCoConfig.canvas(kind)` give the others."""
 
-    steps: int = 2000  # total steps, discriminator warm-up included
-    d_warmup: int = 1000  # steps in which only the discriminator trains
-    batch_size: int = 8  # target samples per step, plus as many prior-preservation samples
-    learning_rate: float = 6e-6  # UNet (K/V) AdamW learning rate, before scaling
-    scale_lr: bool = True  # multiply the learning rate by batch_size x processes (official --scale_lr)
-    weight_decay: float = 1e-2  # AdamW weight decay on the K/V tensors (diffusers' training-script default)
-    max_grad_norm: float = 1.0  # each gradient is clipped to this norm before surgery
-    d_learning_rate: float = 5e-4  # discriminator Adam learning rate: 5e-4 style, 1e-4 object
-    d_betas: tuple[float, float] = (0.5, 0.999)
-    surgery: str = "normalized"  # 'normalized' (official code now), 'pcgrad' (exact, first release), 'none'
-    surgery_lambda: float = 1.0  # lambda: 1 for styles, 0.5 for objects
-    prior_weight: float = 0.1  # weight of g_b added to the update when surgery='none' (official 1.0 x 0.1)
-    retain_weight: float = 0.0  # weight of the key/value retain spring (0 = off, as the official code)
-    adversarial: bool = True  # False: noise matching to the teacher instead of the discriminator (ablation)
-    num_anchor_images: int = 1000  # anchor images generated once by the frozen pipeline
-    anchor_steps: int = 50  # their sampler steps
-    anchor_guidance: float = 7.5  # and classifier-free guidance scale
-    anchor_batch: int = 8  # images per generation batch
-    hflip: bool = True  # random horizontal flips of anchor latents
-    mixed_precision: str = "no"  # 'no' or 'bf16'; fp16's loss scaling clashes with two backward passes
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 250  # steps between checkpoints when a checkpoint folder is given
-    divergence_factor: float = 100.0  # a loss above this multiple of its running mean stops the run
+    method_name: ClassVar[str] = "DoCo"
+
+    steps: int = option(2000, "total steps, discriminator warm-up included")
+    d_warmup: int = option(1000, "steps in which only the discriminator trains")
+    batch_size: int = option(8, "target samples per step, plus as many prior-preservation samples")
+    learning_rate: float = option(6e-6, "UNet (K/V) AdamW learning rate, before scaling")
+    scale_lr: bool = option(
+        True, "multiply the learning rate by batch_size x processes (official --scale_lr)"
+    )
+    weight_decay: float = option(1e-2, "AdamW weight decay on the K/V tensors (diffusers' training scripts)")
+    max_grad_norm: float = option(1.0, "each gradient is clipped to this norm before surgery")
+    d_learning_rate: float = option(5e-4, "discriminator Adam learning rate: 5e-4 style, 1e-4 object")
+    d_betas: tuple[float, float] = option((0.5, 0.999), "discriminator Adam betas")
+    surgery: SurgeryRule = option(
+        "normalized", "'normalized' (official code now), 'pcgrad' (exact, first release) or 'none'"
+    )
+    surgery_lambda: float = option(1.0, "lambda of the gradient surgery: 1 for styles, 0.5 for objects")
+    prior_weight: float = option(
+        0.1, "weight of g_b added to the update when surgery='none' (official 1.0 x 0.1)"
+    )
+    retain_weight: float = option(
+        0.0, "weight of the key/value retain spring (0 = off, as the official code)"
+    )
+    adversarial: bool = option(
+        True, "False: noise matching to the teacher instead of the discriminator (ablation)"
+    )
+    num_anchor_images: int = option(1000, "anchor images generated once by the frozen pipeline")
+    gradient_checkpointing: bool = option(False, "trade compute for memory in the trainable UNet")
 
     def __post_init__(self):
-        if self.surgery not in SURGERY_RULES:
-            raise ValueError(f"surgery must be one of {', '.join(SURGERY_RULES)}, not {self.surgery!r}.")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"DoCo supports mixed_precision 'no' or 'bf16', not {self.mixed_precision!r}.")
+        super().__post_init__()
         self.d_betas = tuple(self.d_betas)
 
     @classmethod
@@ -94,37 +100,19 @@ class DoCoConfig:
     def canvas(cls, kind: str = "style") -> DoCoConfig:
         """Canvas-sd on 2 CPU cores: one erasure in about 2-2.5 minutes, anchor generation included.
 
-        Measured on this machine (2 busy cores, one thread) with a canvas-sd-sized UNet (5.4M parameters, 16x16
-        latents): 64 anchor images (20 DDIM steps, guidance 5, decode + encode) take ~16 s, a warm-up step (two
-        no-grad forwards, the discriminator) ~0.16 s, a full step at batch 8+8 (teacher forward, two trainable
-        forwards and backwards, the discriminator) ~0.36 s. 350 steps with a 70-step warm-up: ~16 + 11 + 101 s,
-        leaving the rest of the 5-minute CLI budget to evaluation. That is 280 UNet updates instead of the
-        official 1000, so the learning rate is ~3x larger (1.6e-4 after batch scaling); the shorter warm-up gets a
-        2x larger discriminator rate. 64 anchor images cover every caption pair about once (60 pairs for a style:
-        10 objects x 6 templates; 78 for an object: 13 styles x 6 templates).
-        The retain spring is on (`retain_weight` 10): without it the shared K/V drift moved the other styles' images
-        (van gogh, seed 0: IRA 92.73, FD 6.20 against the base model's 3.58); with weight 1, IRA 98.64 and FD 4.43;
-        with 10, IRA 99.09 and FD 3.66, UA staying 100.
+        280 UNet updates after a 70-step warm-up instead of the official 1000, so a ~3x larger learning rate
+        and a 2x larger discriminator rate; 64 anchor images cover every caption pair about once; the retain
+        spring is on. How each figure was measured: docs/methods.md.
         """
-        from erasure.canvas.sd_config import GUIDANCE_SCALE, INFERENCE_STEPS
-
         return replace(
-            cls.sd(kind),
+            cls.sd(kind).with_canvas_anchor_images(),
             steps=350,
             d_warmup=70,
             learning_rate=2e-5,
             d_learning_rate=1e-3 if kind == "style" else 2e-4,
-            num_anchor_images=64,
-            anchor_steps=INFERENCE_STEPS,
-            anchor_guidance=GUIDANCE_SCALE,
-            anchor_batch=32,
             checkpoint_every=100,
             retain_weight=10.0,
         )
-
-    @classmethod
-    def defaults(cls, kind: str, canvas: bool) -> DoCoConfig:
-        return cls.canvas(kind) if canvas else cls.sd(kind)
 
     def with_steps(self, steps: int) -> DoCoConfig:
         """The same schedule over `steps` steps: the warm-up keeps its share of the run."""
@@ -221,18 +209,12 @@ def _clip(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
 def run(pipeline, request, config: DoCoConfig, session):
     """Train DoCo on `pipeline` for `request`; returns a new pipeline sharing every component but the UNet.
 
-    `session` is the engine's `erasure.erase.TrainingRun` (accelerator, generator, progress, checkpoints).
+    `session` is the engine's `erasure.engine.session.TrainingRun` (accelerator, generator, progress, checkpoints).
     """
     accelerator, device = session.accelerator, session.device
 
     # 1. Models: the input UNet becomes the frozen teacher; a copy trains its attn2 key/value projections only.
-    for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
-        module.requires_grad_(False).to(device)
-    teacher = pipeline.unet.eval()
-    unet = copy.deepcopy(teacher).train()
-    params = cross_attention_kv(unet)
-    for p in params.values():
-        p.requires_grad_(True)
+    teacher, unet, params = frozen_teacher_and_student(pipeline, device, cross_attention_kv)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, clip_sample=False, thresholding=False)
@@ -330,12 +312,6 @@ def run(pipeline, request, config: DoCoConfig, session):
             losses["d"] = d_loss.item()
         session.end_step(step, losses)
 
-    unet.requires_grad_(False).eval()
     if config.gradient_checkpointing:
         unet.disable_gradient_checkpointing()
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # from_pipe's dtype pass warns about casting; nothing is cast
-    try:
-        return type(pipeline).from_pipe(pipeline, unet=unet)
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
+    return pipeline_with_unet(pipeline, unet)

@@ -25,22 +25,24 @@ prediction, so `request.anchor` is recorded but unused.
 
 from __future__ import annotations
 
-import copy
+import typing
 from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
-from diffusers.utils import logging as diffusers_logging
 
-from erasure.methods.base import encode_prompts
+from erasure.methods.base import encode_prompts, frozen_teacher_and_student, pipeline_with_unet
+from erasure.methods.config import MethodConfig, option
 
-TRAIN_METHODS = ("xattn", "noxattn", "full")
+TrainMethod = Literal["xattn", "noxattn", "full"]
+TRAIN_METHODS = typing.get_args(TrainMethod)
 _NOXATTN_SKIP = ("time_embedding.", "conv_norm_out.", "conv_out.")
 
 
 @dataclass
-class ESDConfig:
+class ESDConfig(MethodConfig):
     """ESD's settings. The field defaults are the paper's SD 1.4 ones for a style (ESD-x); `ESDConfig.sd("object")`
     gives ESD-u and `ESDConfig.canvas(kind)` the Canvas settings.
 
@@ -50,30 +52,26 @@ class ESDConfig:
     guidance 2 (esd_sd.py).
     """
 
-    steps: int = 1000  # iterations (one optimizer step each)
-    batch_size: int = 1  # partial generations per iteration
-    learning_rate: float = 1e-5  # Adam
-    negative_guidance: float = 1.0  # eta
-    train_method: str = "xattn"  # 'xattn' (ESD-x) for styles, 'noxattn' (ESD-u) for objects, or 'full'
-    ddim_steps: int = 50  # DDIM schedule of the partial generation
-    sample_guidance: float = 3.0  # classifier-free guidance while generating x_t ('start_guidance')
-    sample_with: str = "trainable"  # 'trainable' (paper, CompVis script) or 'frozen' (esd_sd.py)
-    use_request_prompts: bool = (
-        False  # False: the concept's name is c (paper); True: the request's target prompts
+    method_name: ClassVar[str] = "ESD"
+
+    steps: int = option(1000, "iterations (one optimizer step each)")
+    batch_size: int = option(1, "partial generations per iteration")
+    learning_rate: float = option(1e-5, "Adam learning rate")
+    negative_guidance: float = option(1.0, "eta, the negative guidance of the teacher's target")
+    train_method: TrainMethod = option(
+        "xattn", "'xattn' (ESD-x) for styles, 'noxattn' (ESD-u) for objects, or 'full' (module docstring)"
     )
-    mixed_precision: str = "no"  # 'no' or 'bf16'
-    checkpoint_every: int = 250  # iterations between checkpoints when a checkpoint folder is given
-    divergence_factor: float = 100.0  # a loss above this multiple of its running mean stops the run
+    ddim_steps: int = option(50, "DDIM schedule of the partial generation")
+    sample_guidance: float = option(3.0, "classifier-free guidance while generating x_t ('start_guidance')")
+    sample_with: Literal["trainable", "frozen"] = option(
+        "trainable", "which UNet generates x_t: 'trainable' (paper, CompVis script) or 'frozen' (esd_sd.py)"
+    )
+    use_request_prompts: bool = option(
+        False, "False: the concept's name is the prompt c (paper); True: the request's target prompts"
+    )
 
     def __post_init__(self):
-        if self.train_method not in TRAIN_METHODS:
-            raise ValueError(
-                f"train_method must be one of {', '.join(TRAIN_METHODS)}, not {self.train_method!r}."
-            )
-        if self.sample_with not in ("trainable", "frozen"):
-            raise ValueError(f"sample_with must be 'trainable' or 'frozen', not {self.sample_with!r}.")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"ESD supports mixed_precision 'no' or 'bf16', not {self.mixed_precision!r}.")
+        super().__post_init__()
         if self.ddim_steps < 1:
             raise ValueError("ddim_steps must be at least 1.")
 
@@ -85,18 +83,9 @@ class ESDConfig:
     @classmethod
     def canvas(cls, kind: str = "style") -> ESDConfig:
         """Canvas-sd, with at least DoCo's canvas compute (`DoCoConfig.canvas(kind).unet_passes()`), counted in
-        forward-equivalent single-sample UNet passes (forwards + 2 x backwards, `base.forward_equivalents`).
-
-        DoCo: 10400 forwards (2560 of them generating its 64 anchor images) and 4480 backwards: 19360.
-        ESD, batch 8: per sample 2 x E[i] forwards of partial generation with guidance (E[i] = (20 - 1) / 2 = 9.5),
-        2 teacher forwards, 1 trainable forward and 1 backward: 24, so 105 iterations (840 samples) give 20160.
-        ESD spends its compute generating x_t, not on updates: 105 updates instead of 1000, hence a learning rate
-        10x the paper's for ESD-x (1e-4). Measured on van gogh (seed 0): lr 2.5e-4 gave UA 100 but IRA 85.9,
-        CRA 86.2, FD 9.36 (base 3.58); 1e-4 gave UA 100, IRA 95.0, CRA 99.6, FD 3.86. ESD-u moves every
-        convolution and trades UA against CRA: on cat, lr 2e-5 gave UA 19.2, IRA 99.6, CRA 100; 3e-5 UA 53.9,
-        IRA 99.6, CRA 98.3; 5e-5 UA 100, IRA 97.9, CRA 82.5, FD 15.7 (base 3.40). 5e-5 has the best mean of the
-        three (93.5 against 83.9 and 72.9), so ESD-u uses it.
-        The concept's world captions are the prompts c: canvas-sd was trained on captions only.
+        forward-equivalent single-sample UNet passes (forwards + 2 x backwards, `base.forward_equivalents`):
+        105 iterations of batch 8 on the concept's world captions (canvas-sd was trained on captions only), at
+        lr 1e-4 for ESD-x and 5e-5 for ESD-u. How each figure was measured: docs/methods.md.
         """
         from erasure.canvas.sd_config import INFERENCE_STEPS
 
@@ -109,13 +98,6 @@ class ESDConfig:
             use_request_prompts=True,
             checkpoint_every=100,
         )
-
-    @classmethod
-    def defaults(cls, kind: str, canvas: bool) -> ESDConfig:
-        return cls.canvas(kind) if canvas else cls.sd(kind)
-
-    def with_steps(self, steps: int) -> ESDConfig:
-        return replace(self, steps=steps)
 
     def unet_passes(self) -> dict[str, float]:
         """Expected single-sample UNet passes of a run: {'forward': ..., 'backward': ...}."""
@@ -176,13 +158,9 @@ def run(pipeline, request, config: ESDConfig, session):
     accelerator, device, gen = session.accelerator, session.device, session.generator
 
     # 1. Models: the input UNet becomes the frozen teacher; a copy trains the parameters of `train_method`.
-    for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
-        module.requires_grad_(False).to(device)
-    teacher = pipeline.unet.eval()
-    unet = copy.deepcopy(teacher).train()
-    params = esd_parameters(unet, config.train_method)
-    for p in params.values():
-        p.requires_grad_(True)
+    teacher, unet, params = frozen_teacher_and_student(
+        pipeline, device, lambda student: esd_parameters(student, config.train_method)
+    )
     sampler = DDIMScheduler.from_config(pipeline.scheduler.config)
     sampler.set_timesteps(config.ddim_steps, device=device)
     sampling_unet = unet if config.sample_with == "trainable" else teacher
@@ -220,10 +198,4 @@ def run(pipeline, request, config: ESDConfig, session):
         optimizer.zero_grad(set_to_none=True)
         session.end_step(step, {"esd": loss.item()})
 
-    unet.requires_grad_(False).eval()
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # from_pipe's dtype pass warns about casting; nothing is cast
-    try:
-        return type(pipeline).from_pipe(pipeline, unet=unet)
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
+    return pipeline_with_unet(pipeline, unet)

@@ -26,58 +26,54 @@ own captions; on real models the anchor prompts of the request, i.e. from the bu
 
 from __future__ import annotations
 
-import copy
+import typing
 from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 import torch
-from diffusers.utils import logging as diffusers_logging
 
 from erasure.canvas import world
+from erasure.methods.base import frozen_teacher_and_student, pipeline_with_unet, tokenize
+from erasure.methods.config import MethodConfig, option
 
-TOKEN_RULES = ("trailing", "last")
+TokenRule = Literal["trailing", "last"]
+TOKEN_RULES = typing.get_args(TokenRule)
 
 
 @dataclass
-class UCEConfig:
+class UCEConfig(MethodConfig):
     """UCE's settings. Field defaults: the paper's code (train_erase.py: lamb 0.5 passed to edit_model, erase_scale 1,
     preserve_scale 0.1, keys and values edited, 'replace' technique); the 2024 rewrite (uce_sd_erase.py) uses lamb
     0.5, erase_scale 1, preserve_scale 1 and the last token only. `UCEConfig.canvas(kind)` expands the prompts."""
 
-    lamb: float = 0.5  # lambda: pull towards W_old
-    erase_scale: float = 1.0
-    preserve_scale: float = 0.1
-    edit_keys: bool = True  # edit attn2.to_k as well as attn2.to_v (with_to_k=True in the paper's code)
-    token_rule: str = "trailing"  # 'trailing' (paper's code) or 'last' (2024 rewrite)
-    expand_prompts: bool = False  # add the request's prompt pairs (and, on Canvas, captions to preserve)
-    steps: int = 1  # a closed form: one step (for the engine's bookkeeping)
-    checkpoint_every: int = 0
+    method_name: ClassVar[str] = "UCE"
+    has_steps: ClassVar[bool] = False
+
+    steps: int = option(1, "a closed form: one step, for the engine's bookkeeping")
+    checkpoint_every: int = option(0, "a closed form writes no checkpoints")
+    lamb: float = option(0.5, "lambda: pull towards W_old")
+    erase_scale: float = option(1.0, "weight of the erase texts")
+    preserve_scale: float = option(0.1, "weight of the preserved texts")
+    edit_keys: bool = option(
+        True, "edit attn2.to_k as well as attn2.to_v (with_to_k=True in the paper's code)"
+    )
+    token_rule: TokenRule = option(
+        "trailing", "'trailing' (paper's code) or 'last' (2024 rewrite); module docstring"
+    )
+    expand_prompts: bool = option(
+        False, "add the request's prompt pairs (and, on Canvas, the captions to preserve)"
+    )
 
     def __post_init__(self):
-        if self.token_rule not in TOKEN_RULES:
-            raise ValueError(f"token_rule must be one of {', '.join(TOKEN_RULES)}, not {self.token_rule!r}.")
+        super().__post_init__()
         if self.lamb < 0 or self.erase_scale < 0 or self.preserve_scale < 0:
             raise ValueError("lamb, erase_scale and preserve_scale must not be negative.")
 
     @classmethod
-    def sd(cls, kind: str = "style") -> UCEConfig:
-        return cls()
-
-    @classmethod
     def canvas(cls, kind: str = "style") -> UCEConfig:
         """Canvas-sd: the paper's scales, with the world captions (a concept's name alone is not a caption canvas-sd
-        was trained on). One erasure takes about a second on 2 CPU cores."""
+        was trained on)."""
         return replace(cls.sd(kind), expand_prompts=True)
-
-    @classmethod
-    def defaults(cls, kind: str, canvas: bool) -> UCEConfig:
-        return cls.canvas(kind) if canvas else cls.sd(kind)
-
-    def with_steps(self, steps: int) -> UCEConfig:
-        """A closed form has no steps to change: the config is returned as it is."""
-        return self
-
-    def unet_passes(self) -> dict[str, float]:
-        return {"forward": 0.0, "backward": 0.0}
 
 
 def uce_weight(
@@ -103,13 +99,7 @@ def uce_weight(
 @torch.no_grad()
 def token_embeddings(pipeline, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden states (N, L, D), index of the last word token per text) for padded `texts`."""
-    tokens = pipeline.tokenizer(
-        texts,
-        padding="max_length",
-        max_length=pipeline.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
+    tokens = tokenize(pipeline, texts)
     ids = tokens.input_ids.to(device)
     states = torch.cat([pipeline.text_encoder(ids[i : i + 256])[0] for i in range(0, len(texts), 256)])
     return states.float(), tokens.attention_mask.sum(1) - 2
@@ -163,10 +153,9 @@ def edit_texts(request, config: UCEConfig) -> tuple[list[tuple[str, str]], list[
 def run(pipeline, request, config: UCEConfig, session):
     """Edit every attn2 key/value projection of a copy of `pipeline`'s UNet in closed form."""
     device = session.device
-    for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
-        module.requires_grad_(False).to(device)
+    _, unet, _ = frozen_teacher_and_student(pipeline, device)
+    unet.eval()
     session.start_step()
-    unet = copy.deepcopy(pipeline.unet).eval()
     suffixes = ("attn2.to_k", "attn2.to_v") if config.edit_keys else ("attn2.to_v",)
     layers = {
         n: m for n, m in unet.named_modules() if n.endswith(suffixes) and isinstance(m, torch.nn.Linear)
@@ -185,10 +174,4 @@ def run(pipeline, request, config: UCEConfig, session):
         layer.weight.copy_(w_new)
         residual += float((c_e @ w_new.float().T - v_star).pow(2).mean())
     session.end_step(0, {"erase_residual": residual / len(layers)})
-
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # from_pipe's dtype pass warns about casting; nothing is cast
-    try:
-        return type(pipeline).from_pipe(pipeline, unet=unet)
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
+    return pipeline_with_unet(pipeline, unet)

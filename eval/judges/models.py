@@ -7,7 +7,6 @@ encoder or UNet cannot move them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from erasure.canvas.world import OBJECTS, PLAIN, STYLES
+from erasure.files import ASSETS
 
-ASSETS = Path(os.environ.get("ERASURE_ASSETS", Path(__file__).resolve().parents[2] / "assets"))
 JUDGES_DIR = ASSETS / "judges"
 JUDGE_CLIP_NAME = "judge-clip"
 JUDGE_CLIP_CONFIG = Path(__file__).with_name("judge-clip.json")
@@ -79,7 +78,7 @@ class Judges:
             return
         if self.clip_path is None or not Path(self.clip_path).exists():
             raise FileNotFoundError(
-                f"judge-clip weights {self.clip_path} not found; train them with `python -m eval.judges.train --only clip`."
+                f"judge-clip weights {self.clip_path} not found; train them with `python -m erasure.train.judges --only clip`."
             )
         self.clip, self.clip_tokenizer = create_judge_clip(str(self.clip_path))
         self.clip.to(self.device).eval()
@@ -152,7 +151,7 @@ def load_judges(
     missing = [n for n in needed if not (directory / n).exists()]
     if missing:
         raise FileNotFoundError(
-            f"judge weights {', '.join(missing)} not found in {directory}; train them with `python -m eval.judges.train`."
+            f"judge weights {', '.join(missing)} not found in {directory}; train them with `python -m erasure.train.judges`."
         )
     device = torch.device(device)
     style, obj = ConvJudge(len(STYLES)), ConvJudge(len(OBJECTS))

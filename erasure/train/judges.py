@@ -1,6 +1,6 @@
 """Train the judges on real Canvas images: style and object classifiers, and judge-clip.
 
-    OMP_WAIT_POLICY=PASSIVE python -m eval.judges.train [--only style,object,clip] [--steps 1200] [--out assets/judges]
+    OMP_WAIT_POLICY=PASSIVE python -m erasure.train.judges [--only style,object,clip] [--steps 1200] [--out assets/judges]
 
 Judges see only rendered images (training seeds 0-59), with blur, JPEG, shift and noise augmentation so they hold
 up on imperfect generated images. judge-clip is trained contrastively on the same images and captions (aliases
@@ -10,30 +10,25 @@ included), with every caption of the same (style, object) pair counted as a posi
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tqdm import tqdm
 
 from erasure.canvas.data import TRAIN_SEEDS, augment, multi_positive_clip_loss, render_pool, to_tensor
 from erasure.canvas.world import OBJECTS, STYLES, random_caption
+from erasure.files import write_atomic
+from erasure.train.clip import contrastive_step
 from eval.judges.models import JUDGES_DIR, ConvJudge, clip_image_features, create_judge_clip
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """Write safetensors next to `path` and rename into place, so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
+    """Write a state dict as safetensors through a temporary file, so a killed run never leaves half a file."""
+    write_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
 
 
 def train_classifiers(
@@ -93,12 +88,7 @@ def train_clip(
         text_emb = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
         logits = model.logit_scale.exp() * image_emb @ text_emb.T
         loss = multi_positive_clip_loss(logits, pair[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, np.log(100))
+        contrastive_step(loss, model.logit_scale, opt, sched)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     save_atomic(model.state_dict(), out / "judge-clip.safetensors")
 

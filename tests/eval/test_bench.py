@@ -6,35 +6,16 @@ import csv
 import json
 
 import pytest
-import torch
 from PIL import Image
 
-import erasure.erase
+import erasure.engine
 import eval.evaluate
-from erasure.canvas.world import ARTIST_STYLES, OBJECTS, STYLES
+from erasure.canvas.world import ARTIST_STYLES, OBJECTS
 from erasure.methods.doco import DoCoConfig
 from eval import bench
 from eval.answer_set import world_items
 from eval.evaluate import EvalSettings
-from eval.judges.models import ConvJudge, Judges, create_judge_clip
-
-TINY_DOCO = {
-    "steps": 3,
-    "d_warmup": 1,
-    "batch_size": 2,
-    "learning_rate": 1e-3,
-    "num_anchor_images": 4,
-    "anchor_steps": 2,
-    "anchor_batch": 4,
-}
-
-
-@pytest.fixture(scope="module")
-def random_judges() -> Judges:
-    torch.manual_seed(0)
-    style, obj = ConvJudge(len(STYLES)).eval(), ConvJudge(len(OBJECTS)).eval()
-    clip, tokenizer = create_judge_clip()
-    return Judges(style, obj, torch.device("cpu"), clip=clip.eval(), clip_tokenizer=tokenizer)
+from tests.helpers import TINY_DOCO
 
 
 def test_parse_inputs():
@@ -114,7 +95,7 @@ def test_bench_end_to_end_and_rerun_skips_finished_cells(tiny_pipeline, random_j
     def no_erasing(*args, **kwargs):
         raise AssertionError("a finished cell was erased again")
 
-    monkeypatch.setattr(erasure.erase, "erase", no_erasing)
+    monkeypatch.setattr(erasure.engine, "erase", no_erasing)
     again = bench.run_bench(tiny_pipeline, **kwargs)
     assert [r["ua"] for r in again] == [r["ua"] for r in records]
 

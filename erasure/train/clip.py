@@ -1,7 +1,7 @@
 """Train canvas-clip: a small transformers.CLIPModel on Canvas images and captions (aliases included).
 
-    OMP_WAIT_POLICY=PASSIVE python -m erasure.canvas.train_clip [--steps 2000] [--out assets/canvas-clip]
-    OMP_WAIT_POLICY=PASSIVE python -m erasure.canvas.train_clip --image-tower-from assets/canvas-clip --steps 1500
+    OMP_WAIT_POLICY=PASSIVE python -m erasure.train.clip [--steps 2000] [--out assets/canvas-clip]
+    OMP_WAIT_POLICY=PASSIVE python -m erasure.train.clip --image-tower-from assets/canvas-clip --steps 1500
         --lr 5e-4 --threads 2                                   (second stage, about 6 min: locked-text tuning)
 
 canvas-clip plays OpenAI CLIP's part: its text tower becomes canvas-sd's frozen text encoder, its image tower
@@ -14,8 +14,7 @@ The second stage (`--image-tower-from`) tunes only the image tower, against the 
 pair texts, and among the styles and the objects, on five times as many renders, with shape-deforming
 augmentation. The text tower, hence canvas-sd's text encoder copied from it, is bit for bit unchanged. Why: the
 contrastive stage leaves objects weak, and canvas-clip's image tower is what tells the GAN unlearner which samples
-show an object. `python -m eval.canvas_clip_quality` measured, before -> after this stage: zero-shot object accuracy
-on 520 held-out renders 89.6% -> 94.2%, agreement with the judges on canvas-gan's objects 47.5% -> 51.8%.
+show an object; `python -m eval.canvas_clip_quality` measures both stages (README, "Measured on this machine").
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,8 +34,9 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from erasure.canvas.data import augment, multi_positive_clip_loss, random_affine, render_pool, to_tensor
 from erasure.canvas.tokenizer import MAX_LENGTH, build_tokenizer
 from erasure.canvas.world import OBJECTS, STYLES, random_caption
+from erasure.files import ASSETS, atomic_folder
+from pipelines.canvas_clip import IMAGE_MEAN, IMAGE_STD, CanvasClip
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 TRAIN_SEEDS = range(100, 160)
 IMAGE_TOWER_SEEDS = range(100, 400)  # the second stage's renders: 300 seeds x 130 pairs
 TOKENIZER_FILES = (
@@ -48,7 +47,6 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
 )
 AFFINE_PROB = 0.7  # share of the second stage's batches that also get `random_affine`
-IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
 
 
 def canvas_clip_config(vocab_size: int, bos_id: int, eos_id: int) -> CLIPConfig:
@@ -76,6 +74,17 @@ def canvas_clip_config(vocab_size: int, bos_id: int, eos_id: int) -> CLIPConfig:
     return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=64)
 
 
+def contrastive_step(loss: torch.Tensor, logit_scale: torch.nn.Parameter, optimizer, scheduler) -> None:
+    """One optimizer and scheduler step of a CLIP model, its learnt logit scale then clamped to [0, log 100] (the
+    CLIP paper's cap); canvas-clip's and judge-clip's training share it."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():
+        logit_scale.clamp_(0, np.log(100))
+
+
 def pixel_values(images: torch.Tensor) -> torch.Tensor:
     """(N, 3, 32, 32) in [0, 1] -> canvas-clip's normalised input."""
     return (images - IMAGE_MEAN) / IMAGE_STD
@@ -87,8 +96,6 @@ def tune_image_tower(
     """Second stage: train `source`'s image tower (vision model and projection) against its frozen text tower and
     save the whole model, with the tokenizer, to `work`."""
     # The template-averaged pair texts, exactly as the GAN unlearner reads them.
-    from erasure.gan.text_unlearn import CanvasClip
-
     clip = CanvasClip(source)
     pair_texts = clip.pair_texts().flatten(0, 1)  # (130, d), row = style * len(OBJECTS) + object
     model = clip.model.train()
@@ -150,13 +157,16 @@ def main(argv=None) -> None:
     rng = random.Random(args.seed)
     start = time.time()
 
-    work = Path(
-        tempfile.mkdtemp(prefix=".canvas-clip-", dir=args.out.parent if args.out.parent.exists() else None)
-    )
-    if args.image_tower_from is not None:
-        tune_image_tower(args.image_tower_from, work, args.steps, args.batch, args.lr, args.seed)
-        finish(work, args.out, start)
-        return
+    with atomic_folder(args.out) as work:
+        if args.image_tower_from is not None:
+            tune_image_tower(args.image_tower_from, work, args.steps, args.batch, args.lr, args.seed)
+        else:
+            train_contrastive(args, rng, work)
+    print(f"canvas-clip written to {args.out} in {time.time() - start:.0f} s")
+
+
+def train_contrastive(args, rng: random.Random, work: Path) -> None:
+    """First stage: both towers, contrastively, every caption of the same (style, object) pair a positive."""
     tokenizer = build_tokenizer(work)
     model = CLIPModel(canvas_clip_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
     images, style_labels, object_labels = render_pool(TRAIN_SEEDS)
@@ -179,25 +189,11 @@ def main(argv=None) -> None:
         out = model(input_ids=tokens.input_ids, pixel_values=pixel_values(x))
         logits = out.logits_per_image
         loss = multi_positive_clip_loss(logits, pair[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, np.log(100))
+        contrastive_step(loss, model.logit_scale, opt, sched)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
 
     model.save_pretrained(work, safe_serialization=True)
     tokenizer.save_pretrained(work)
-    finish(work, args.out, start)
-
-
-def finish(work: Path, out: Path, start: float) -> None:
-    """Move the finished model from its temporary folder into place."""
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
-    print(f"canvas-clip written to {out} in {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":

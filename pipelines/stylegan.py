@@ -16,7 +16,7 @@ w'_{oik} = s_i w_{oik}, demodulates them, w''_{oik} = d_o w'_{oik} with d_o = 1 
 and runs one grouped convolution with a different kernel per sample. A convolution is linear in each input channel,
 so conv(x, w') = conv(x * s, w): the same result comes from scaling the *input* channels by s, running one plain
 convolution with the shared weights, and multiplying output channel o by d_o, where d_o only needs
-sum_i s_i^2 sum_k w_{oik}^2 = (s^2 @ (w^2 summed over k)^T)_o. The two are equal to rounding (tests/test_gan.py
+sum_i s_i^2 sum_k w_{oik}^2 = (s^2 @ (w^2 summed over k)^T)_o. The two are equal to rounding (tests/pipelines/test_stylegan.py
 checks against the grouped form); the plain form is the faster one on CPU (DESIGN.md section 5).
 
 Files are safetensors plus a config JSON; nothing is pickled.
@@ -35,6 +35,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from erasure.files import ASSETS
+
+CANVAS_GAN = ASSETS / "canvas-gan"  # the shipped generator (python -m erasure.train.gan)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SQRT2 = math.sqrt(2.0)

@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from helpers import all_tensors, fresh
 
-from erasure.erase import METHODS, erase
+from erasure.engine import erase
+from erasure.methods import METHODS
 from erasure.methods.base import build_request, cross_attention_kv, encode_prompts, select_pairs
 from erasure.methods.ca import CAConfig
 from erasure.methods.doco import DoCoConfig
+from tests.helpers import all_tensors, fresh
 
 TINY = {
     "steps": 3,

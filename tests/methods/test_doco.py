@@ -1,36 +1,21 @@
-"""DoCo and the erasure engine on the tiny canvas-shaped pipeline (seconds each), plus one slow SD-1.x-sized run."""
+"""DoCo on the tiny canvas-shaped pipeline (seconds each), plus one slow SD-1.x-sized run."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
-from helpers import all_tensors, fresh
+from diffusers import DDIMScheduler, DDPMScheduler
 
 from erasure.canvas import world
 from erasure.canvas.sd_config import SD_SCHEDULE
-from erasure.erase import ErasureDiverged, TrainingRun, erase
+from erasure.engine import erase
 from erasure.methods.base import build_request, cross_attention_kv, encode_prompts, predicted_x0
 from erasure.methods.doco import DoCoConfig, PatchDiscriminator, RetainSpring
-from pipelines.delta import DELTA_FILE, META_FILE, apply_delta, load_delta, save_delta
-
-# A few steps of everything: 1 discriminator warm-up step, then UNet updates.
-TINY = {
-    "steps": 4,
-    "d_warmup": 1,
-    "batch_size": 2,
-    "learning_rate": 1e-3,
-    "num_anchor_images": 4,
-    "anchor_steps": 2,
-    "anchor_guidance": 5.0,
-    "anchor_batch": 4,
-    "checkpoint_every": 2,
-}
-
+from tests.helpers import TINY_DOCO, all_tensors, fresh, pipeline_of, world_text_encoder
 
 # --- predicted x0 ----------------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("clip_sample", [False, True])
 def test_x0_matches_ddpm_step(prediction_type, clip_sample):
@@ -57,6 +42,8 @@ def test_x0_matches_ddim_step():
 
 
 # --- requests and the discriminator ----------------------------------------------------------------------------
+
+
 def test_canvas_requests(tiny_pipeline):
     style = build_request(tiny_pipeline, "van gogh")
     assert style.canvas and style.kind == "style" and style.anchor == world.PLAIN
@@ -127,7 +114,7 @@ def test_retain_spring_keeps_other_prompts_keys(tiny_pipeline):
     tokens = encode_prompts(tiny_pipeline, request.retain_prompts, "cpu").reshape(-1, 32)
     drift = {}
     for weight in (0.0, 100.0):
-        config = DoCoConfig(**{**TINY, "learning_rate": 1e-2, "retain_weight": weight})
+        config = DoCoConfig(**{**TINY_DOCO, "learning_rate": 1e-2, "retain_weight": weight})
         kv = cross_attention_kv(erase(tiny_pipeline, "van gogh", config=config, progress=False).pipeline.unet)
         base = cross_attention_kv(tiny_pipeline.unet)
         drift[weight] = sum(float(((kv[n] - base[n]) @ tokens.T).norm()) for n in kv)
@@ -143,8 +130,12 @@ def test_discriminator_patch_map(size, down):
 
 
 # --- a short DoCo run -------------------------------------------------------------------------------------------
+
+
 def test_only_cross_attention_kv_changes(tiny_pipeline, tiny_pipeline_dir):
-    result = erase(tiny_pipeline, "van gogh", config=TINY, progress=False)  # a dict overrides the defaults
+    result = erase(
+        tiny_pipeline, "van gogh", config=TINY_DOCO, progress=False
+    )  # a dict overrides the defaults
     assert result.config["retain_weight"] == DoCoConfig.canvas().retain_weight > 0
     base, edited = all_tensors(fresh(tiny_pipeline_dir)), all_tensors(result.pipeline)
     kv = {f"unet.{n}" for n in cross_attention_kv(result.pipeline.unet)}
@@ -163,134 +154,14 @@ def test_only_cross_attention_kv_changes(tiny_pipeline, tiny_pipeline_dir):
 
 @pytest.mark.parametrize("options", [{"surgery": "pcgrad"}, {"surgery": "none"}, {"adversarial": False}])
 def test_variants_run(tiny_pipeline, options):
-    result = erase(tiny_pipeline, "cat", config=DoCoConfig(**{**TINY, **options}), progress=False)
+    result = erase(tiny_pipeline, "cat", config=DoCoConfig(**{**TINY_DOCO, **options}), progress=False)
     assert result.delta and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in result.delta)
 
 
-def test_delta_round_trip(tiny_pipeline, tiny_pipeline_dir, tmp_path):
-    result = erase(tiny_pipeline, "monet", config=DoCoConfig(**TINY), progress=False)
-    save_delta(result, tmp_path / "run", base_model=str(tiny_pipeline_dir))
-    meta = json.loads((tmp_path / "run" / META_FILE).read_text())
-    assert meta["method"] == "doco" and meta["concept"] == "monet" and len(meta["delta_sha256"]) == 64
-    assert set(meta["tensors"]) == set(result.delta) and meta["versions"]["torch"] == torch.__version__
-
-    restored = apply_delta(fresh(tiny_pipeline_dir), tmp_path / "run")
-    want, got = all_tensors(result.pipeline), all_tensors(restored)
-    assert all(torch.equal(want[n], got[n]) for n in want)
-
-    result.pipeline.save_pretrained(tmp_path / "pipeline", safe_serialization=True)
-    plain = StableDiffusionPipeline.from_pretrained(tmp_path / "pipeline")
-    assert all(torch.equal(want[n], v) for n, v in all_tensors(plain).items())
-
-
-def test_sequential_erasures_merge_into_one_delta(tiny_pipeline, tiny_pipeline_dir, tmp_path):
-    first = erase(tiny_pipeline, "monet", config=DoCoConfig(**TINY), progress=False)
-    second = erase(first.pipeline, "moon", config=DoCoConfig(**TINY), progress=False)
-    save_delta([first, second], tmp_path / "run", base_model="canvas-sd")
-    meta = json.loads((tmp_path / "run" / META_FILE).read_text())
-    assert (
-        meta["concept"] == ["monet", "moon"]
-        and meta["kind"] == ["style", "object"]
-        and meta["base"] == "canvas-sd"
-    )
-    restored = apply_delta(fresh(tiny_pipeline_dir), tmp_path / "run")
-    want, got = all_tensors(second.pipeline), all_tensors(restored)
-    assert all(torch.equal(want[n], got[n]) for n in want)
-    assert first.memory_definition and first.peak_memory_bytes >= 0
-
-
-def test_apply_delta_refuses_bad_deltas(tiny_pipeline, tiny_pipeline_dir, tmp_path):
-    result = erase(tiny_pipeline, "monet", config=DoCoConfig(**TINY), progress=False)
-    name = next(iter(result.delta))
-    with pytest.raises(ValueError, match="does not exist"):
-        apply_delta(tiny_pipeline, {"unet.no.such.weight": torch.zeros(1)})
-    with pytest.raises(ValueError, match="has shape"):
-        apply_delta(tiny_pipeline, {name: torch.zeros(3, 3)})
-    with pytest.raises(ValueError, match="component"):
-        apply_delta(tiny_pipeline, {"transformer.x": torch.zeros(1)})
-    save_delta(result, tmp_path / "run")
-    assert load_delta(tmp_path / "run")[1]["concept"] == "monet"
-    (tmp_path / "run" / DELTA_FILE).write_bytes((tmp_path / "run" / DELTA_FILE).read_bytes()[:-4] + b"oops")
-    with pytest.raises(ValueError, match="sha256"):
-        apply_delta(tiny_pipeline, tmp_path / "run")
-
-
-def test_resume_matches_uninterrupted_run(tiny_pipeline, tiny_pipeline_dir, tmp_path, monkeypatch):
-    config = DoCoConfig(**{**TINY, "steps": 6, "d_warmup": 2})
-    whole = erase(
-        tiny_pipeline, "van gogh", config=config, seed=3, checkpoint_dir=tmp_path / "a", progress=False
-    )
-
-    save = TrainingRun._save
-
-    def save_then_crash(self, step):
-        save(self, step)
-        if step == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrainingRun, "_save", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        erase(
-            fresh(tiny_pipeline_dir),
-            "van gogh",
-            config=config,
-            seed=3,
-            checkpoint_dir=tmp_path / "b",
-            progress=False,
-        )
-    assert (tmp_path / "b" / "step-000004" / "state.json").exists()
-    monkeypatch.setattr(TrainingRun, "_save", save)
-    resumed = erase(
-        fresh(tiny_pipeline_dir),
-        "van gogh",
-        config=config,
-        seed=3,
-        checkpoint_dir=tmp_path / "b",
-        resume=True,
-        progress=False,
-    )
-    assert resumed.delta.keys() == whole.delta.keys()
-    assert all(torch.equal(whole.delta[n], resumed.delta[n]) for n in whole.delta)
-    assert [h["step"] for h in resumed.history] == list(range(6))
-
-    with pytest.raises(ValueError, match="different"):
-        erase(
-            fresh(tiny_pipeline_dir),
-            "van gogh",
-            config=DoCoConfig(**{**TINY, "steps": 6, "d_warmup": 2, "learning_rate": 1.0}),
-            seed=3,
-            checkpoint_dir=tmp_path / "b",
-            resume=True,
-            progress=False,
-        )
-
-
-def test_nan_raises_erasure_diverged(tiny_pipeline):
-    nan_latents = torch.full((4, 4, 16, 16), float("nan"))
-    with pytest.raises(ErasureDiverged, match="step 0"):
-        erase(
-            tiny_pipeline, "van gogh", config=DoCoConfig(**TINY), anchor_latents=nan_latents, progress=False
-        )
-
-
-def test_exploding_loss_raises_erasure_diverged():
-    from accelerate import Accelerator
-
-    run = TrainingRun(
-        Accelerator(cpu=True), {"method": "doco", "concept": "x"}, 0, None, False, False, DoCoConfig(steps=10)
-    )
-    for step in range(5):
-        run.end_step(step, {"prior": 0.5})
-    with pytest.raises(ErasureDiverged, match="prior"):
-        run.end_step(5, {"prior": 500.0})
-
-
-# --- not canvas-only: SD 1.x shapes ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_doco_steps_on_an_sd1_shaped_unet(tmp_path):
     """SD 1.4's UNet config (860M parameters, 64x64 latents, 768-d cross-attention), random weights, on CPU."""
     from diffusers import PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from erasure.canvas.sd_config import build_vae
     from erasure.canvas.tokenizer import build_tokenizer
@@ -299,19 +170,7 @@ def test_two_doco_steps_on_an_sd1_shaped_unet(tmp_path):
     tokenizer = build_tokenizer(tmp_path / "tok")
     tokenizer.add_tokens(["<sd>"])  # not the Canvas vocabulary: prompts come from the template bank
     tokenizer.model_max_length = 77
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=1,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = world_text_encoder(tokenizer, 768, 3072, 1, 12)
     unet = UNet2DConditionModel(
         sample_size=64,
         block_out_channels=(320, 640, 1280, 1280),
@@ -321,16 +180,8 @@ def test_two_doco_steps_on_an_sd1_shaped_unet(tmp_path):
         attention_head_dim=8,
         layers_per_block=2,
     )
-    pipe = StableDiffusionPipeline(
-        vae=build_vae(scale=0.25),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler(**SD_SCHEDULE, skip_prk_steps=True, steps_offset=1),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    scheduler = PNDMScheduler(**SD_SCHEDULE, skip_prk_steps=True, steps_offset=1)
+    pipe = pipeline_of(build_vae(scale=0.25), text_encoder, tokenizer, unet, scheduler)
     before = {
         n: p.detach().clone()
         for n, p in unet.named_parameters()

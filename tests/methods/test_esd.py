@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDIMScheduler
-from helpers import all_tensors, fresh
 
-from erasure.erase import erase
+from erasure.engine import erase
 from erasure.methods import esd
 from erasure.methods.base import encode_prompts, forward_equivalents
 from erasure.methods.doco import DoCoConfig
 from erasure.methods.esd import ESDConfig, esd_parameters, esd_target, sample_until
+from tests.helpers import all_tensors, fresh
 
 TINY = {"steps": 3, "batch_size": 2, "ddim_steps": 4, "learning_rate": 1e-3, "use_request_prompts": True}
 
@@ -135,7 +135,7 @@ def test_partial_sampler_runs_the_pipelines_ddim_loop(tiny_pipeline):
 
 
 def test_resume_matches_uninterrupted_run(tiny_pipeline, tiny_pipeline_dir, tmp_path, monkeypatch):
-    from erasure.erase import TrainingRun
+    from erasure.engine import TrainingRun
 
     config = ESDConfig(**{**TINY, "steps": 4, "checkpoint_every": 2})
     whole = erase(tiny_pipeline, "monet", method="esd", config=config, seed=1, progress=False)

@@ -17,7 +17,7 @@ from diffusers import StableDiffusionPipeline
 import pipelines
 from pipelines.loading import REGISTRY, PipelineLoadError, load_pipeline, resolve_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _assert_one_sentence(err: BaseException) -> str:
@@ -158,7 +158,7 @@ def test_missing_shipped_model_says_how_to_train(monkeypatch, tmp_path):
         with pytest.raises(PipelineLoadError) as info:
             call("canvas-sd")
         message = _assert_one_sentence(info.value)
-        assert "python -m erasure.canvas.train_sd" in message and str(tmp_path / "canvas-sd") in message
+        assert "python -m erasure.train.sd" in message and str(tmp_path / "canvas-sd") in message
 
 
 def test_erasure_assets_overrides_registry(tmp_path):
@@ -186,7 +186,7 @@ def test_erasure_assets_overrides_registry(tmp_path):
     assert result.returncode == 0, result.stderr
     folder, message = result.stdout.strip().splitlines()
     assert folder == str(tmp_path / "canvas-sd")
-    assert "python -m erasure.canvas.train_sd" in message
+    assert "python -m erasure.train.sd" in message
 
 
 # --- hub ids: local cache first -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Train canvas-gan: an unconditional StyleGAN2-lite on Canvas images of every style x object.
 
-    OMP_WAIT_POLICY=PASSIVE python -m erasure.canvas.train_gan [--steps 10000] [--resume] [--out assets/canvas-gan]
+    OMP_WAIT_POLICY=PASSIVE python -m erasure.train.gan [--steps 10000] [--resume] [--out assets/canvas-gan]
 
 The loop is StyleGAN2's, written out: non-saturating logistic loss, lazy R1 on real images every `--r1-interval`
 D steps (Adam's lr and betas adjusted for the lazy interval, as in StyleGAN2), Adam betas (0, 0.99), an EMA copy of
@@ -10,9 +10,9 @@ One fake batch per iteration serves both the G step (through a frozen D) and the
 The generator stays unconditional (z in, image out, no label anywhere in it). With `--spread-weight` > 0 the
 discriminator also carries a style head and an object head, fitted to the real images' labels (AC-GAN's auxiliary
 classifier), and the generator is asked, through `spread_loss`, for samples that these heads find each clearly one
-class and all classes equally often. Why: with the plain loss, 22,000 steps left mondrian, hokusai and seurat at
-0-2% of the samples (a quarter of uniform or less; seurat's fine dot grid went missing altogether), and more steps
-did not bring them back. The heads are part of D, trained here; the judges only watch.
+class and all classes equally often. Why: with the plain loss, long runs left the hardest styles far below uniform
+and did not bring them back (README, "Measured on this machine"). The heads are part of D, trained here; the
+judges only watch.
 
 Every `--log-every` steps the EMA generator draws 520 fixed latents and the judges (assets/judges) say which style
 and object each sample shows: the share of every class, compared with uniform, and the Frechet distance of judge
@@ -27,13 +27,9 @@ generator is written atomically to --out (model.safetensors + config.json, with 
 from __future__ import annotations
 
 import argparse
-import base64
 import copy
-import json
 import math
-import shutil
 import time
-from collections import Counter, defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,24 +37,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from erasure.canvas.data import CHECK_SEED_BASE, render_pool, to_tensor
+from erasure.canvas.data import render_pool, to_tensor
 from erasure.canvas.world import OBJECTS, STYLES
-from erasure.gan.stylegan import (
+from erasure.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_tensors,
+    read_state,
+    save_checkpoint,
+)
+from erasure.files import atomic_folder
+from eval.gan_eval import MONITOR_REAL_SEEDS, describe, judged_stats, sample
+from pipelines.stylegan import (
+    CANVAS_GAN,
     Discriminator,
     DiscriminatorConfig,
     Generator,
     GeneratorConfig,
     config_to_json,
     save_generator,
-    to_unit,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SEEDS = range(400, 600)  # 200 seeds x 130 (style, object) pairs = 26,000 real images
-MONITOR_REAL_SEEDS = range(CHECK_SEED_BASE + 200, CHECK_SEED_BASE + 204)  # held-out renders for the logged FD
 SPREAD_WEIGHT = 2.0  # the shipped asset's second and third stages (README, "Retraining")
 
 
@@ -68,8 +71,8 @@ def spread_loss(logits: torch.Tensor) -> torch.Tensor:
 
     This is minus the mutual information between a sample and its predicted class (the InfoGAN / class-balancing
     GAN regulariser, Rangwani et al. 2021). Lowering it asks for two things at once: every class equally often in a
-    batch (an unconditional GAN otherwise drops the hard classes: mondrian, hokusai and seurat fell to ~2% of
-    samples, a quarter of uniform) and each sample clearly one class. Its minimum is -log(number of classes).
+    batch (an unconditional GAN otherwise drops the hard classes) and each sample clearly one class. Its minimum
+    is -log(number of classes).
     """
     p = logits.softmax(-1)
     per_sample = -(p * logits.log_softmax(-1)).sum(-1).mean()
@@ -147,48 +150,7 @@ def make_optimizers(G, D, lr: float, r1_interval: int):
     return opt_G, opt_D
 
 
-# --- monitoring with the judges --------------------------------------------------------------------------------
-@torch.no_grad()
-def sample_images(G, z: torch.Tensor, batch: int = 260) -> torch.Tensor:
-    """[0, 1] images for fixed latents, const noise, on CPU."""
-    return torch.cat(
-        [to_unit(G(z[i : i + batch], noise_mode="const")).cpu() for i in range(0, len(z), batch)]
-    )
-
-
-def judged_stats(images: torch.Tensor, judges, real_features: torch.Tensor | None) -> dict:
-    """Share of every style / object as judged (and relative to uniform), missing classes, FD to real renders."""
-    from eval.metrics import frechet_distance
-
-    styles, objects = judges.predict(images)
-    n, sc, oc = len(images), Counter(styles), Counter(objects)
-    style_share = {s: sc[s] / n for s in STYLES}
-    object_share = {o: oc[o] / n for o in OBJECTS}
-    stats = {
-        "n": n,
-        "style_share": style_share,
-        "object_share": object_share,
-        "style_ratio_min": min(style_share.values()) * len(STYLES),
-        "style_ratio_max": max(style_share.values()) * len(STYLES),
-        "object_ratio_min": min(object_share.values()) * len(OBJECTS),
-        "object_ratio_max": max(object_share.values()) * len(OBJECTS),
-        "missing": [c for c, v in {**style_share, **object_share}.items() if v == 0],
-    }
-    if real_features is not None:
-        stats["fd"] = frechet_distance(judges.features(images).cpu(), real_features)
-    return stats
-
-
-def describe(stats: dict) -> str:
-    text = (
-        f"styles x{stats['style_ratio_min']:.2f}-x{stats['style_ratio_max']:.2f} of uniform, "
-        f"objects x{stats['object_ratio_min']:.2f}-x{stats['object_ratio_max']:.2f}"
-    )
-    if "fd" in stats:
-        text += f", FD {stats['fd']:.1f}"
-    return text + (f", missing: {', '.join(stats['missing'])}" if stats["missing"] else "")
-
-
+# --- monitoring ------------------------------------------------------------------------------------------------
 def sample_sheet(images: torch.Tensor, columns: int = 13) -> Image.Image:
     """Tile images (N, 3, H, W) in [0, 1] into one picture."""
     n, _, h, w = images.shape
@@ -200,83 +162,22 @@ def sample_sheet(images: torch.Tensor, columns: int = 13) -> Image.Image:
     return Image.fromarray((sheet * 255).round().byte().permute(1, 2, 0).numpy())
 
 
-# --- checkpoints: <dir>/step-000100/{G,G_ema,D,optim}.safetensors + state.json (written last) -------------------
-def optimizer_tensors(opt, prefix: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    state = opt.state_dict()
-    tensors = {
-        f"{prefix}.{idx}.{key}": value.detach().cpu().contiguous().clone()
-        for idx, entry in state["state"].items()
-        for key, value in entry.items()
-    }
-    return tensors, state["param_groups"]
-
-
-def load_optimizer(opt, tensors: dict[str, torch.Tensor], groups: list[dict], prefix: str, device) -> None:
-    state: dict[int, dict] = defaultdict(dict)
-    for name, value in tensors.items():
-        if name.startswith(prefix + "."):
-            _, idx, key = name.split(".", 2)
-            state[int(idx)][key] = value.to(device) if key != "step" else value
-    groups = [{**g, "betas": tuple(g["betas"])} for g in groups]
-    opt.load_state_dict({"state": dict(state), "param_groups": groups})
-
-
-def save_checkpoint(folder: Path, step: int, models: dict, opts: dict, meta: dict) -> None:
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, model in models.items():
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            tmp / f"{name}.safetensors",
-        )
-    optim, groups = {}, {}
-    for name, opt in opts.items():
-        tensors, groups[name] = optimizer_tensors(opt, name)
-        optim.update(tensors)
-    save_file(optim, tmp / "optim.safetensors")
-    rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
-    (tmp / "state.json").write_text(
-        json.dumps({**meta, "step": step, "param_groups": groups, "torch_rng": rng})
-    )
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    for old in folder.parent.glob("step-*"):
-        if old != folder:
-            shutil.rmtree(old, ignore_errors=True)
-
-
+# --- checkpoints (the engine's format: erasure/engine/checkpoint.py) -------------------------------------------
 def init_weights(folder: Path, G, G_ema, D) -> None:
     """Warm start from a checkpoint's G, G_ema and D; a classifier head that the checkpoint lacks starts fresh."""
     mismatch = SystemExit(
         f"{folder} holds networks of another shape than --g-channels / --d-channels ask for."
     )
     try:
-        G.load_state_dict(load_file(folder / "G.safetensors"))
-        G_ema.load_state_dict(load_file(folder / "G_ema.safetensors"))
-        missing, unexpected = D.load_state_dict(load_file(folder / "D.safetensors"), strict=False)
+        G.load_state_dict(load_tensors(folder, "G"))
+        G_ema.load_state_dict(load_tensors(folder, "G_ema"))
+        missing, unexpected = D.load_state_dict(load_tensors(folder, "D"), strict=False)
     except FileNotFoundError:
         raise SystemExit(f"{folder} is not a train_gan checkpoint (G, G_ema and D safetensors).") from None
     except RuntimeError:  # a tensor of another size
         raise mismatch from None
     if unexpected or any(not name.startswith("classify.") for name in missing):
         raise mismatch
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    done = sorted(p for p in directory.glob("step-*") if (p / "state.json").exists())
-    return done[-1] if done else None
-
-
-def load_checkpoint(folder: Path, models: dict, opts: dict, device) -> dict:
-    meta = json.loads((folder / "state.json").read_text())
-    for name, model in models.items():
-        model.load_state_dict(load_file(folder / f"{name}.safetensors"))
-    optim = load_file(folder / "optim.safetensors")
-    for name, opt in opts.items():
-        load_optimizer(opt, optim, meta["param_groups"][name], name, device)
-    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(meta["torch_rng"])), dtype=torch.uint8))
-    return meta
 
 
 # --- the script ------------------------------------------------------------------------------------------------
@@ -317,7 +218,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--checkpoint-dir", type=Path, default=ROOT / "checkpoints" / "canvas-gan")
-    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "canvas-gan")
+    parser.add_argument("--out", type=Path, default=CANVAS_GAN)
     parser.add_argument("--train-seeds", type=int, default=len(TRAIN_SEEDS), help="real images: seeds x 130")
     return parser.parse_args(argv)
 
@@ -357,12 +258,14 @@ def main(argv=None) -> Path:
     step, elapsed, history = 0, 0.0, []
     latest = latest_checkpoint(args.checkpoint_dir) if args.resume else None
     if latest is not None:
-        if json.loads((latest / "state.json").read_text())["recipe"] != recipe:
+        if read_state(latest).get("recipe") != recipe:
             raise SystemExit(
                 f"the checkpoint in {latest} was made with other settings ({', '.join(same)}); "
                 "resume with the same ones."
             )
-        saved = load_checkpoint(latest, models, opts, device)
+        saved = load_checkpoint(latest, opts, {"torch": torch.default_generator})
+        for name, model in models.items():
+            model.load_state_dict(load_tensors(latest, name))
         step, elapsed, history = saved["step"], saved["elapsed"], saved["history"]
         print(f"resuming from {latest} at step {step}")
     elif args.init_from is not None:
@@ -385,7 +288,7 @@ def main(argv=None) -> Path:
     monitor_z = torch.randn(args.log_samples, g_config.z_dim, generator=torch.Generator().manual_seed(1234))
 
     def monitor(z) -> dict | None:
-        return judged_stats(sample_images(G_ema, z.to(device)), judges, real_features) if judges else None
+        return judged_stats(sample(G_ema, z), judges, real_features) if judges else None
 
     start = time.time() - elapsed  # training seconds so far, over every resumed run
     invocation = time.time()
@@ -415,7 +318,9 @@ def main(argv=None) -> Path:
         out_of_time = time.time() - invocation > budget
         if done % args.checkpoint_every == 0 or out_of_time or done == args.steps:
             meta.update(elapsed=time.time() - start, history=history)
-            save_checkpoint(args.checkpoint_dir / f"step-{done:06d}", done, models, opts, meta)
+            weights = {name: model.state_dict() for name, model in models.items()}
+            rng = {"torch": torch.default_generator}
+            save_checkpoint(args.checkpoint_dir, done, weights, opts, rng, state=meta)
         if out_of_time and done < args.steps:
             tqdm.write(f"--max-minutes {args.max_minutes:g} reached at step {done}; stopping and saving.")
             stopped_early = True
@@ -429,14 +334,9 @@ def main(argv=None) -> Path:
         summary["judged_2080_samples"] = monitor(final_z)
         print(f"final EMA generator, 2080 samples: {describe(summary['judged_2080_samples'])}")
     summary["recipe"] = {**recipe, "steps": args.steps}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_generator(G_ema.cpu(), tmp, extra={"training": summary})
-    sample_sheet(sample_images(G_ema, final_z[:130])).save(tmp / "samples.png")
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    tmp.rename(args.out)
+    with atomic_folder(args.out) as tmp:
+        save_generator(G_ema.cpu(), tmp, extra={"training": summary})
+        sample_sheet(sample(G_ema, final_z[:130])).save(tmp / "samples.png")
     print(f"canvas-gan written to {args.out} after {final_step} steps in {summary['seconds']:.0f} s")
     return args.out
 

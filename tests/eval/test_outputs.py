@@ -12,20 +12,11 @@ import torch
 from PIL import Image
 
 from erasure.canvas.world import OBJECTS, STYLES
+from erasure.train.judges import save_atomic
 from eval.answer_set import AnswerSet, generate_answer_set, world_items
 from eval.grid import image_grid
 from eval.judges import check
-from eval.judges.models import ConvJudge, Judges, create_judge_clip
-from eval.judges.train import save_atomic
 from eval.report import write_report
-
-
-@pytest.fixture(scope="module")
-def random_judges() -> Judges:
-    torch.manual_seed(0)
-    style, obj = ConvJudge(len(STYLES)).eval(), ConvJudge(len(OBJECTS)).eval()
-    clip, tokenizer = create_judge_clip()
-    return Judges(style, obj, torch.device("cpu"), clip=clip.eval(), clip_tokenizer=tokenizer)
 
 
 def test_world_items():

@@ -1,6 +1,6 @@
 """Train canvas-sd: a genuine diffusers StableDiffusionPipeline on the Canvas world.
 
-    OMP_WAIT_POLICY=PASSIVE python -m erasure.canvas.train_sd [--stage vae|unet|all] [--unet-steps 6000] [--resume]
+    OMP_WAIT_POLICY=PASSIVE python -m erasure.train.sd [--stage vae|unet|all] [--unet-steps 6000] [--resume]
 
 Stage 1 trains the AutoencoderKL (reconstruction + a small KL, as SD's first stage). Stage 2 encodes the dataset
 once, caches canvas-clip's (frozen) hidden states for every world caption, and trains the UNet with the epsilon
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -38,6 +36,8 @@ from erasure.canvas.sd_config import (
     training_scheduler,
 )
 from erasure.canvas.world import OBJECTS, STYLES, all_captions, random_caption
+from erasure.engine.checkpoint import latest_checkpoint, load_checkpoint, load_tensors, save_checkpoint
+from erasure.files import ASSETS, atomic_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SEEDS = range(200, 300)
@@ -168,24 +168,15 @@ def judged_accuracy(pipe, seed: int) -> dict:
     }
 
 
-def save_checkpoint(args, step, unet, ema, opt) -> None:
-    tmp = args.checkpoints / "unet-latest.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().cpu() for k, v in unet.state_dict().items()}, tmp / "unet.safetensors")
-    ema_state = {f"p{i}": p.contiguous().cpu() for i, p in enumerate(ema.shadow_params)}
-    save_file(ema_state, tmp / "ema.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(
-        json.dumps({"step": step, "ema_optimization_step": ema.optimization_step})
-    )
-    final = args.checkpoints / "unet-latest"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+def save_unet_checkpoint(args, step, unet, ema, opt) -> None:
+    """The UNet, its EMA shadow and the optimizer, in the engine's checkpoint format (erasure/engine/checkpoint.py)."""
+    tensors = {"unet": unet.state_dict(), "ema": {f"p{i}": p for i, p in enumerate(ema.shadow_params)}}
+    state = {"stage": "unet", "ema_optimization_step": ema.optimization_step}
+    save_checkpoint(args.checkpoints, step, tensors, {"unet": opt}, state=state)
 
 
 def train_unet(args, device, vae) -> None:
-    clip_dir = ROOT / "assets" / "canvas-clip"
+    clip_dir = ASSETS / "canvas-clip"
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
     text_encoder = CLIPTextModel.from_pretrained(clip_dir).to(device).eval()
     text_encoder.requires_grad_(False)
@@ -198,13 +189,12 @@ def train_unet(args, device, vae) -> None:
     noise_scheduler = training_scheduler()
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     start_step = 0
-    latest = args.checkpoints / "unet-latest"
-    if args.resume and latest.exists():
-        unet.load_state_dict(load_file(latest / "unet.safetensors"))
-        shadow = load_file(latest / "ema.safetensors")
+    latest = latest_checkpoint(args.checkpoints) if args.resume else None
+    if latest is not None:
+        state = load_checkpoint(latest, {"unet": opt})
+        unet.load_state_dict(load_tensors(latest, "unet"))
+        shadow = load_tensors(latest, "ema")
         ema.shadow_params = [shadow[f"p{i}"].to(device) for i in range(len(shadow))]
-        opt.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
-        state = json.loads((latest / "state.json").read_text())
         start_step, ema.optimization_step = state["step"], state["ema_optimization_step"]
         rng.seed(args.seed + start_step)
         torch.manual_seed(args.seed + start_step)
@@ -250,7 +240,7 @@ def train_unet(args, device, vae) -> None:
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         done = step + 1
         if done % args.checkpoint_every == 0 or done == args.unet_steps:
-            save_checkpoint(args, done, unet, ema, opt)
+            save_unet_checkpoint(args, done, unet, ema, opt)
         if done % args.eval_every == 0 or done == args.unet_steps:
             ema.store(unet.parameters())
             ema.copy_to(unet.parameters())
@@ -269,13 +259,8 @@ def train_unet(args, device, vae) -> None:
 
 
 def write_pipeline(out: Path, pipe: StableDiffusionPipeline) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
     tqdm.write(f"canvas-sd written to {out}")
 
 
@@ -293,7 +278,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints" / "canvas-sd")
-    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "canvas-sd")
+    parser.add_argument("--out", type=Path, default=ASSETS / "canvas-sd")
     args = parser.parse_args(argv)
     args.log = args.checkpoints / "train_log.jsonl"
     args.checkpoints.mkdir(parents=True, exist_ok=True)

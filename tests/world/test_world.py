@@ -19,6 +19,7 @@ from erasure.canvas.sheet import contact_sheet
 from erasure.canvas.world import (
     ARTIST_STYLES,
     OBJECT_ALIASES,
+    OBJECT_ANCHORS,
     OBJECTS,
     PLAIN,
     PLAIN_TEMPLATES,
@@ -27,14 +28,16 @@ from erasure.canvas.world import (
     STYLES,
     UnknownConceptError,
     all_captions,
+    canonical,
     caption,
     check_object,
     check_style,
     concept_kind,
+    default_anchor,
     random_caption,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ALL_ALIASES = [a for aliases in (*STYLE_ALIASES.values(), *OBJECT_ALIASES.values()) for a in aliases]
 
 
@@ -96,6 +99,22 @@ def test_concept_kind_knows_names_and_aliases():
         assert concept_kind(obj) == "object"
         assert all(concept_kind(alias) == "object" for alias in OBJECT_ALIASES[obj])
     assert concept_kind("  Van Gogh ") == "style" and check_style("MONET") == "monet"
+
+
+def test_canonical_resolves_names_and_aliases_and_default_anchors_are_siblings():
+    for main, aliases in {**STYLE_ALIASES, **OBJECT_ALIASES}.items():
+        if main == PLAIN:
+            continue
+        kind = "style" if main in STYLES else "object"
+        assert all(canonical(name) == (main, kind) for name in (main, main.upper(), *aliases))
+    assert canonical("plain", allow_plain=True) == (PLAIN, "style")
+    with pytest.raises(UnknownConceptError, match="valid styles"):
+        canonical("plain")
+    with pytest.raises(UnknownConceptError):
+        canonical("rembrandt")
+    assert default_anchor("van gogh", "style") == PLAIN and default_anchor("cat", "object") == "bird"
+    assert set(OBJECT_ANCHORS) == set(OBJECTS)
+    assert all(anchor in OBJECTS and anchor != obj for obj, anchor in OBJECT_ANCHORS.items())
 
 
 # --- captions -----------------------------------------------------------------------------------------------

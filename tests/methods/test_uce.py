@@ -6,16 +6,14 @@ import time
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
-from helpers import all_tensors, fresh
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from erasure.canvas import world
-from erasure.canvas.sd_config import build_unet, build_vae, inference_scheduler
+from erasure.canvas.sd_config import build_unet, build_vae
 from erasure.canvas.tokenizer import build_tokenizer
-from erasure.erase import erase
+from erasure.engine import erase
 from erasure.methods.base import build_request, cross_attention_kv
 from erasure.methods.uce import UCEConfig, edit_texts, erase_tokens, uce_weight
+from tests.helpers import all_tensors, fresh, pipeline_of, world_text_encoder
 
 
 @pytest.mark.parametrize(
@@ -98,29 +96,8 @@ def test_fast_on_a_canvas_sized_model(tmp_path):
     """canvas-sd's shapes (5.5M-parameter UNet, 96-d text states, 32 tokens): one erasure well within 5 s."""
     torch.manual_seed(0)
     tokenizer = build_tokenizer(tmp_path / "tok")
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=96,
-            intermediate_size=384,
-            num_hidden_layers=3,
-            num_attention_heads=3,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    pipe = StableDiffusionPipeline(
-        vae=build_vae(),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=build_unet(cross_attention_dim=96),
-        scheduler=inference_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    text_encoder = world_text_encoder(tokenizer, 96, 384, 3, 3)
+    pipe = pipeline_of(build_vae(), text_encoder, tokenizer, build_unet(cross_attention_dim=96))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

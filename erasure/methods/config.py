@@ -1,0 +1,105 @@
+"""`MethodConfig`: the fields every method's config shares, and how defaults are chosen.
+
+In the spirit of PEFT's `PeftConfig` -> `LoraConfig`: shared fields live here once, each method's `Config` adds only
+its own, every field carries a `help` string (`field(metadata={"help": ...})`), and choice fields are `Literal`s,
+checked when the config is made. The engine reads these fields directly.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar, Literal
+
+
+def option(default, help: str):
+    """A dataclass field with its default and its one-line documentation (`Config.help()` lists them)."""
+    kwargs = (
+        {"default_factory": lambda: default} if isinstance(default, list | dict) else {"default": default}
+    )
+    return field(metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class MethodConfig:
+    """Shared settings of an erasure method; subclasses name the paper's defaults in their own fields.
+
+    `sd(kind)` gives the official Stable Diffusion 1.x settings for a style or an object, `canvas(kind)` the ones
+    measured on canvas-sd (docs/methods.md), and `defaults(kind, canvas)` picks one of the two.
+    """
+
+    method_name: ClassVar[str] = "method"
+    has_steps: ClassVar[bool] = True  # False for a closed form: --steps is refused
+
+    steps: int = option(1000, "optimisation steps (iterations), warm-up included")
+    checkpoint_every: int = option(
+        250, "steps between checkpoints when a checkpoint folder is given (0: never)"
+    )
+    divergence_factor: float = option(
+        100.0, "a loss above 1 and above this multiple of its running mean stops the run (0: only NaN/inf do)"
+    )
+    mixed_precision: Literal["no", "bf16"] = option(
+        "no", "'no' or 'bf16' autocast; fp16's loss scaling clashes with methods that run two backward passes"
+    )
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
+            if choices and getattr(self, f.name) not in choices:
+                valid = ", ".join(repr(c) for c in choices)
+                raise ValueError(f"{f.name} must be one of {valid}, not {getattr(self, f.name)!r}.")
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Every field's documentation, by name."""
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    @classmethod
+    def sd(cls, kind: str = "style"):
+        """The official Stable Diffusion 1.x settings for a 'style' or an 'object'."""
+        return cls()
+
+    @classmethod
+    def canvas(cls, kind: str = "style"):
+        """The settings measured on canvas-sd (2 CPU cores)."""
+        return cls.sd(kind)
+
+    @classmethod
+    def defaults(cls, kind: str, canvas: bool):
+        return cls.canvas(kind) if canvas else cls.sd(kind)
+
+    def with_steps(self, steps: int):
+        """The same config over `steps` steps; a method without steps refuses (one sentence, ValueError)."""
+        if not self.has_steps:
+            raise ValueError(f"{self.method_name} is a closed-form edit: it has no steps to set.")
+        return replace(self, steps=steps)
+
+    def unet_passes(self) -> dict[str, float]:
+        """Single-sample UNet passes of a run ({'forward': ..., 'backward': ...}): the compute budget peers share."""
+        return {"forward": 0.0, "backward": 0.0}
+
+
+@dataclass
+class AnchorImagesConfig(MethodConfig):
+    """The fields of a method that trains on anchor images generated once by the frozen pipeline (DoCo, CA), which
+    `erasure.methods.base.AnchorData` reads."""
+
+    num_anchor_images: int = option(200, "anchor images generated once by the frozen pipeline")
+    anchor_steps: int = option(50, "sampler steps of the anchor images (the pipeline's default)")
+    anchor_guidance: float = option(7.5, "classifier-free guidance scale of the anchor images")
+    anchor_batch: int = option(8, "images per anchor generation batch")
+    hflip: bool = option(True, "random horizontal flips of anchor latents")
+
+    def with_canvas_anchor_images(self):
+        """64 anchor images sampled as canvas-sd samples (20 DDIM steps, guidance 5), 32 per batch: about one per
+        caption pair of a concept (docs/methods.md)."""
+        from erasure.canvas.sd_config import GUIDANCE_SCALE, INFERENCE_STEPS
+
+        return replace(
+            self,
+            num_anchor_images=64,
+            anchor_steps=INFERENCE_STEPS,
+            anchor_guidance=GUIDANCE_SCALE,
+            anchor_batch=32,
+        )

@@ -1,0 +1,44 @@
+"""`python -m erasure.run --model canvas-gan`: bad input is one sentence, exit code 2, and nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from erasure import run as cli
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--concept", ""], "the concept is empty"),
+        (["--concept", "   "], "the concept is empty"),
+        (["--concept", "rembrandt"], "unknown Canvas concept"),
+        (["--concept", "van gogh", "--concept", "dali"], "unknown Canvas concept"),
+        (["--concept", "van gogh", "--anchor", "monet"], "takes no --anchor"),
+        (["--concept", "van gogh", "--steps", "0"], "--steps must be a positive"),
+    ],
+)
+def test_cli_bad_inputs_exit_2_without_output(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert cli.main(["--model", "canvas-gan", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0 and err.endswith(".")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_existing_output_and_missing_generator_exit_2(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert cli.main(["--model", "canvas-gan", "--concept", "van gogh", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and (out / "keep.txt").read_text() == "x"
+
+    import pipelines.stylegan
+
+    monkeypatch.setattr(pipelines.stylegan, "CANVAS_GAN", tmp_path / "no-canvas-gan")
+    fresh = tmp_path / "fresh"
+    assert cli.main(["--model", "canvas-gan", "--concept", "van gogh", "--out", str(fresh)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "canvas-gan not found" in err and err.count("\n") == 0
+    assert not fresh.exists()

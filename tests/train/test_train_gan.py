@@ -1,0 +1,88 @@
+"""canvas-gan's training (erasure.train.gan): one step of each network, warm starts and the spread loss."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from erasure.engine.checkpoint import save_checkpoint
+from erasure.train.gan import (
+    discriminator_step,
+    generator_step,
+    init_weights,
+    make_optimizers,
+    spread_loss,
+    update_ema,
+)
+from pipelines.stylegan import (
+    Discriminator,
+    DiscriminatorConfig,
+)
+from tests.helpers import SMALL_D, SMALL_D_HEADS, changed, small_generator, snapshot
+
+
+@pytest.mark.parametrize("spread_weight", [0.0, 1.0])
+def test_training_step_changes_only_declared_parameters(spread_weight):
+    G, D = small_generator(), Discriminator(SMALL_D_HEADS if spread_weight else SMALL_D)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G, opt_D = make_optimizers(G, D, lr=0.01, r1_interval=4)
+    g0, d0, e0 = snapshot(G), snapshot(D), snapshot(G_ema)
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    labels = torch.tensor([[0, 1], [2, 3], [4, 5], [12, 9]]) if spread_weight else None
+
+    g_out, fake = generator_step(G, D, opt_G, 4, "cpu", spread_weight)
+    assert ("spread" in g_out) == bool(spread_weight)
+    assert changed(g0, G) == set(g0), "the G step must update every generator parameter"
+    assert not changed(d0, D), "the G step must leave D alone"
+    assert all(p.requires_grad for p in D.parameters())
+
+    g1 = snapshot(G)
+    out = discriminator_step(D, opt_D, real, fake, r1_gamma=1.0, r1_interval=4, do_r1=True, labels=labels)
+    assert "r1" in out and out["r1"] > 0
+    assert ("cls" in out) == bool(spread_weight)
+    assert changed(d0, D) == set(d0), "the D step must update every discriminator parameter, heads included"
+    assert not changed(g1, G), "the D step must leave G alone"
+
+    update_ema(G_ema, G, beta=0.5)
+    assert changed(e0, G_ema) == set(e0)
+    assert not changed(g1, G)
+
+
+def test_init_from_a_checkpoint_without_heads_keeps_its_weights_and_adds_fresh_heads(tmp_path):
+    G, D = small_generator(), Discriminator(SMALL_D)
+    opt_G, opt_D = make_optimizers(G, D, lr=0.01, r1_interval=4)
+    models = {"G": G, "G_ema": copy.deepcopy(G), "D": D}
+    weights = {name: model.state_dict() for name, model in models.items()}
+    save_checkpoint(tmp_path, 10, weights, {"G": opt_G, "D": opt_D}, state={"history": []})
+
+    G2, D2 = small_generator(seed=1), Discriminator(SMALL_D_HEADS)
+    G2_ema = copy.deepcopy(G2)
+    init_weights(tmp_path / "step-000010", G2, G2_ema, D2)
+    assert not changed(snapshot(G), G2) and not changed(snapshot(G), G2_ema)
+    assert D2.classify is not None
+    for name, p in D.named_parameters():
+        torch.testing.assert_close(p, dict(D2.named_parameters())[name])
+
+    other = Discriminator(DiscriminatorConfig(channels=(8, 8, 16, 16), class_counts=(13, 10)))
+    with pytest.raises(SystemExit, match="another shape"):
+        init_weights(tmp_path / "step-000010", small_generator(), small_generator(), other)
+    with pytest.raises(SystemExit, match="not a train_gan checkpoint"):
+        init_weights(tmp_path, small_generator(), small_generator(), D2)
+
+
+def test_spread_loss_on_hand_made_predictions():
+    """Minus the mutual information between sample and predicted class, worked out by hand for three cases."""
+    big = 50.0  # logits this far apart give one-hot softmaxes to float precision
+    confident_spread = torch.tensor([[big, 0.0], [0.0, big]])
+    assert spread_loss(confident_spread).item() == pytest.approx(-math.log(2), abs=1e-6)  # 0 - log 2
+    collapsed = torch.tensor([[big, 0.0], [big, 0.0]])
+    assert spread_loss(collapsed).item() == pytest.approx(0.0, abs=1e-6)  # 0 - 0
+    unsure = torch.zeros(3, 4)
+    assert spread_loss(unsure).item() == pytest.approx(0.0, abs=1e-6)  # log 4 - log 4
+    # p = (0.75, 0.25) and (0.25, 0.75): per-sample entropy H(0.75) = 0.5623, mean prediction (0.5, 0.5)
+    mixed = torch.log(torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert spread_loss(mixed).item() == pytest.approx(h - math.log(2), abs=1e-6)
