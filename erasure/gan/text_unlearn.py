@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+import typing
 from dataclasses import asdict, dataclass
 from typing import ClassVar, Literal
 
@@ -50,7 +51,8 @@ from erasure.methods.config import MethodConfig, option
 from pipelines.canvas_clip import CANVAS_CLIP, CanvasClip
 from pipelines.stylegan import Generator
 
-PARAMETER_GROUPS = ("synthesis", "mapping", "all")
+ParameterGroup = Literal["synthesis", "mapping", "all"]
+PARAMETER_GROUPS = typing.get_args(ParameterGroup)
 POOL_SEED = 1_000_000  # pool latents use POOL_SEED + config.seed, apart from the evaluation's fixed latents
 
 
@@ -66,7 +68,7 @@ class TextUnlearnConfig(MethodConfig):
         0.0, "0: only NaN/inf losses stop the run (a GAN game's losses swing by orders of magnitude)"
     )
     lr: float = option(0.002, "Adam learning rate (StyleGAN-NADA's), betas (0, 0.99)")
-    train: Literal["synthesis", "mapping", "all"] = option(
+    train: ParameterGroup = option(
         "synthesis", "which parameters train: 'synthesis', 'mapping' or 'all' (module docstring)"
     )
     batch: int = option(32, "latents per step")
