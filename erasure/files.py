@@ -35,6 +35,7 @@ def atomic_folder(out: str | Path, replace: bool = True) -> Iterator[Path]:
         raise FileExistsError(f"{out} already exists.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes the folder private; an output is an ordinary folder
     try:
         yield tmp
         if out.exists():

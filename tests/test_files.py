@@ -16,7 +16,7 @@ def test_atomic_folder_replaces_on_success_and_leaves_the_old_output_on_failure(
     with atomic_folder(out) as tmp:
         (tmp / "a.txt").write_text("one")
         assert not out.exists()
-    assert (out / "a.txt").read_text() == "one"
+    assert (out / "a.txt").read_text() == "one" and oct(out.stat().st_mode & 0o777) == "0o755"
 
     with pytest.raises(RuntimeError), atomic_folder(out) as tmp:
         (tmp / "a.txt").write_text("half")
