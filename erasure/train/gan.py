@@ -255,24 +255,12 @@ def main(argv=None) -> Path:
     recipe["init_from"] = args.init_from.name if args.init_from else None
     meta = {"recipe": recipe, "generator": config_to_json(g_config), "discriminator": asdict(d_config)}
 
-    step, elapsed, history = 0, 0.0, []
     latest = latest_checkpoint(args.checkpoint_dir) if args.resume else None
-    if latest is not None:
-        if read_state(latest).get("recipe") != recipe:
-            raise SystemExit(
-                f"the checkpoint in {latest} was made with other settings ({', '.join(same)}); "
-                "resume with the same ones."
-            )
-        saved = load_checkpoint(latest, opts, {"torch": torch.default_generator})
-        for name, model in models.items():
-            model.load_state_dict(load_tensors(latest, name))
-        step, elapsed, history = saved["step"], saved["elapsed"], saved["history"]
-        print(f"resuming from {latest} at step {step}")
-    elif args.init_from is not None:
-        init_weights(args.init_from, G, G_ema, D)
-        print(f"starting from the weights in {args.init_from}")
-    elif args.resume:
-        print(f"no checkpoint in {args.checkpoint_dir}; starting afresh")
+    if latest is not None and read_state(latest).get("recipe") != recipe:
+        raise SystemExit(
+            f"the checkpoint in {latest} was made with other settings ({', '.join(same)}); "
+            "resume with the same ones."
+        )
 
     images, style_labels, object_labels = render_pool(TRAIN_SEEDS[: args.train_seeds])
     data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)  # uint8, 3.1 KB per image
@@ -286,6 +274,21 @@ def main(argv=None) -> Path:
     except FileNotFoundError as err:
         print(f"no judged monitoring: {err}")
     monitor_z = torch.randn(args.log_samples, g_config.z_dim, generator=torch.Generator().manual_seed(1234))
+
+    # Restored after the judges are built (their initialisation draws from the global RNG), so that a resumed run
+    # continues with exactly the random stream the interrupted one would have used.
+    step, elapsed, history = 0, 0.0, []
+    if latest is not None:
+        saved = load_checkpoint(latest, opts, {"torch": torch.default_generator})
+        for name, model in models.items():
+            model.load_state_dict(load_tensors(latest, name))
+        step, elapsed, history = saved["step"], saved["elapsed"], saved["history"]
+        print(f"resuming from {latest} at step {step}")
+    elif args.init_from is not None:
+        init_weights(args.init_from, G, G_ema, D)
+        print(f"starting from the weights in {args.init_from}")
+    elif args.resume:
+        print(f"no checkpoint in {args.checkpoint_dir}; starting afresh")
 
     def monitor(z) -> dict | None:
         return judged_stats(sample(G_ema, z), judges, real_features) if judges else None
