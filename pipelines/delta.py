@@ -38,6 +38,15 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (what erasure.json recorded before `content_sha256`)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 of the tensors themselves: for each name in sorted order, its name, dtype, shape and raw bytes.
 
@@ -101,7 +110,9 @@ def load_delta(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     tensors = load_file(path)
     if sorted(tensors) != sorted(meta.get("tensors", {})):
         raise ValueError(f"the tensors in {path} differ from those listed in {meta_path}.")
-    if content_sha256(tensors) != meta.get("delta_sha256"):
+    recorded = meta.get("delta_sha256")
+    # erasure.json files written before the content hash recorded the sha256 of the file itself; both are checked.
+    if content_sha256(tensors) != recorded and file_sha256(path) != recorded:
         raise ValueError(
             f"{path} does not match the sha256 recorded in {meta_path}; the delta is corrupt or was replaced."
         )

@@ -88,3 +88,20 @@ def test_content_hash_by_hand_and_independent_of_the_file(tmp_path):
     assert content_sha256(load_file(tmp_path / "x.safetensors")) == content_sha256(
         load_file(tmp_path / "y.safetensors")
     )
+
+
+def test_a_delta_recorded_with_the_older_file_hash_still_loads_and_is_still_checked(tiny_pipeline, tmp_path):
+    from pipelines.delta import file_sha256
+
+    result = erase(tiny_pipeline, "monet", method="uce", progress=False)
+    save_delta(result, tmp_path / "run")
+    meta_path = tmp_path / "run" / META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["delta_sha256"] = file_sha256(tmp_path / "run" / DELTA_FILE)  # as erasure.json was written before
+    meta_path.write_text(json.dumps(meta))
+    tensors, _ = load_delta(tmp_path / "run")
+    assert sorted(tensors) == sorted(result.delta)
+    meta["delta_sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        load_delta(tmp_path / "run")
