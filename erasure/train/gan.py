@@ -208,7 +208,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=500)
-    parser.add_argument("--log-samples", type=int, default=520)
+    parser.add_argument("--log-samples", type=int, default=520, help="fixed latents judged every --log-every")
+    parser.add_argument("--final-samples", type=int, default=2080, help="fixed latents judged at the end")
     parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument(
         "--max-minutes",
@@ -332,10 +333,10 @@ def main(argv=None) -> Path:
     final_step = done
 
     summary = {"steps": final_step, "stopped_early": stopped_early, "seconds": round(time.time() - start, 1)}
-    final_z = torch.randn(2080, g_config.z_dim, generator=torch.Generator().manual_seed(4321))
+    final_z = torch.randn(args.final_samples, g_config.z_dim, generator=torch.Generator().manual_seed(4321))
     if judges is not None:
-        summary["judged_2080_samples"] = monitor(final_z)
-        print(f"final EMA generator, 2080 samples: {describe(summary['judged_2080_samples'])}")
+        judged = summary[f"judged_{args.final_samples}_samples"] = monitor(final_z)
+        print(f"final EMA generator, {args.final_samples} samples: {describe(judged)}")
     summary["recipe"] = {**recipe, "steps": args.steps}
     with atomic_folder(args.out) as tmp:
         save_generator(G_ema.cpu(), tmp, extra={"training": summary})

@@ -94,7 +94,18 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     from pipelines.stylegan import load_generator
 
     tiny = ["--batch", "4", "--g-channels", "16,8,8,8", "--d-channels", "8,8,8,8", "--train-seeds", "1"]
-    tiny += ["--spread-weight", "0", "--log-samples", "13", "--max-minutes", "0", "--checkpoint-every", "1"]
+    tiny += [
+        "--spread-weight",
+        "0",
+        "--log-samples",
+        "13",
+        "--final-samples",
+        "13",
+        "--max-minutes",
+        "0",
+        "--checkpoint-every",
+        "1",
+    ]
 
     def run(name: str, steps: int, *extra: str):
         folder = tmp_path / name
