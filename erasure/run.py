@@ -280,21 +280,12 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from eval.report import format_numbers
+
     metrics = json.loads((out / "metrics.json").read_text())
-    shown = {
-        k: v
-        for k, v in metrics.items()
-        if k not in ("definitions", "per_concept") and not isinstance(v, dict)
-    }
     what = "generator" if args.model == GAN_MODEL else "pipeline"
     print(f"erased {what} written to {out / what}")
-    for key, value in shown.items():
-        definition = metrics["definitions"].get(key, "")
-        print(
-            f"  {key:>18} = {value:.4g}   ({definition})"
-            if isinstance(value, float)
-            else f"  {key:>18} = {value}   ({definition})"
-        )
+    print(format_numbers(metrics, metrics["definitions"]))
     return 0
 
 

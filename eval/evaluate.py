@@ -1,7 +1,14 @@
 """Evaluate one erasure on the Canvas world: the UnlearnCanvas-style numbers, a grid, and their definitions.
 
 The same function serves `python -m erasure.run` and the benchmark, so every method is measured on one answer set
-(the same prompts, seeds and judges). It only sees plain diffusers pipelines: it never imports a method.
+(the same prompts, seeds and judges). It only sees plain diffusers pipelines: it never imports a method, so any
+Canvas-world folder can be scored, whichever toolkit made it:
+
+    OMP_WAIT_POLICY=PASSIVE python -m eval.evaluate --pipeline runs/van-gogh/pipeline --concept "van gogh" [--json]
+
+compares the folder with `--base` (default canvas-sd) on the answer set and prints every number with its
+definition (`--json`: one JSON object). Bad input (a folder that is not a pipeline, a concept the world lacks,
+missing judges, fewer than one seed) prints one sentence and exits with code 2.
 """
 
 from __future__ import annotations
@@ -230,3 +237,67 @@ def comparison_grid(
         columns[name] = answers.images
         verdicts[name] = [f"{s} / {o}" for s, o in zip(answers.pred_styles, answers.pred_objects)]
     return image_grid(columns, [r[0] for r in rows], verdicts)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    from erasure.canvas.world import UnknownConceptError, canonical
+    from eval.judges.models import load_judges
+    from eval.report import format_numbers
+    from pipelines.loading import PipelineLoadError, load_pipeline
+
+    parser = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", required=True, help="the erased model: a pipeline folder or hub id")
+    parser.add_argument(
+        "--concept", required=True, help="the world concept it was erased for (name or alias)"
+    )
+    parser.add_argument(
+        "--base", default="canvas-sd", help="the model it was erased from (default canvas-sd)"
+    )
+    parser.add_argument("--anchor", help="what the concept should have become (default: the world's anchor)")
+    parser.add_argument("--seeds", type=int, default=len(DEFAULT_SEEDS), help="answer-set seeds per prompt")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    args = parser.parse_args(argv)
+    try:
+        if args.seeds < 1:
+            raise ValueError("--seeds must be at least 1.")
+        concept, kind = canonical(args.concept)
+        anchor = None
+        if args.anchor:
+            anchor, anchor_kind = canonical(args.anchor, allow_plain=True)
+            if anchor_kind != kind:
+                raise ValueError(
+                    f"the anchor of the {kind} {concept!r} must be a {kind} too, not {anchor!r}."
+                )
+        import torch
+
+        torch.set_num_threads(2)
+        erased, base = load_pipeline(args.pipeline), load_pipeline(args.base)
+        judges = load_judges()
+    except (ValueError, PipelineLoadError, UnknownConceptError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    settings = EvalSettings(seeds=tuple(range(args.seeds)))
+    numbers, definitions = evaluate_erasure(base, erased, concept, kind, judges, anchor, settings)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "pipeline": args.pipeline,
+                    "base": args.base,
+                    "concept": concept,
+                    **numbers,
+                    "definitions": definitions,
+                }
+            )
+        )
+    else:
+        print(f"{args.pipeline} against {args.base}, {concept} ({kind}):")
+        print(format_numbers(numbers, definitions))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,6 +42,17 @@ def format_value(value) -> str:
     return str(value)
 
 
+def format_numbers(numbers: dict, definitions: dict[str, str]) -> str:
+    """One line per top-level number, `name = value   (its definition)`, floats to 4 significant digits."""
+    lines = []
+    for key, value in numbers.items():
+        if key in ("definitions", "per_concept") or isinstance(value, dict):
+            continue
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"  {key:>18} = {shown}   ({definitions.get(key, '')})")
+    return "\n".join(lines)
+
+
 def _table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     head = "".join(f"<th>{escape(str(c))}</th>" for c in columns)
