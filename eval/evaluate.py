@@ -202,11 +202,9 @@ def evaluate_erasure(
     return numbers, definitions
 
 
-def comparison_grid(
-    pipes: dict, concept: str, kind: str, judges: Judges, seed: int = 0, settings: EvalSettings | None = None
-):
-    """Rows: target prompts, aliases, neighbouring concepts, other objects; one column per pipeline; same seed."""
-    settings = settings or EvalSettings()
+def grid_rows(concept: str, kind: str) -> list[tuple[str, str, str]]:
+    """(prompt, style, object) rows of an erasure's grid: the target's prompts, its aliases, neighbouring
+    concepts and other objects."""
     if kind == "style":
         neighbours = [s for s in ARTIST_STYLES if s != concept][:2]
         rows = [(caption(concept, o), concept, o) for o in OBJECTS[:2]]
@@ -215,13 +213,20 @@ def comparison_grid(
             for a in STYLE_ALIASES[concept]
         ]
         rows += [(caption(s, OBJECTS[0]), s, OBJECTS[0]) for s in neighbours]
-        rows += [(caption(PLAIN, o), PLAIN, o) for o in OBJECTS[2:4]]
-    else:
-        neighbours = [o for o in OBJECTS if o != concept][:2]
-        rows = [(caption(s, concept), s, concept) for s in (PLAIN, ARTIST_STYLES[0])]
-        rows += [(caption(PLAIN, concept, 0, object_name=a), PLAIN, concept) for a in OBJECT_ALIASES[concept]]
-        rows += [(caption(PLAIN, o), PLAIN, o) for o in neighbours]
-        rows += [(caption(s, neighbours[0]), s, neighbours[0]) for s in ARTIST_STYLES[1:3]]
+        return rows + [(caption(PLAIN, o), PLAIN, o) for o in OBJECTS[2:4]]
+    neighbours = [o for o in OBJECTS if o != concept][:2]
+    rows = [(caption(s, concept), s, concept) for s in (PLAIN, ARTIST_STYLES[0])]
+    rows += [(caption(PLAIN, concept, 0, object_name=a), PLAIN, concept) for a in OBJECT_ALIASES[concept]]
+    rows += [(caption(PLAIN, o), PLAIN, o) for o in neighbours]
+    return rows + [(caption(s, neighbours[0]), s, neighbours[0]) for s in ARTIST_STYLES[1:3]]
+
+
+def comparison_grid(
+    pipes: dict, concept: str, kind: str, judges: Judges, seed: int = 0, settings: EvalSettings | None = None
+):
+    """`grid_rows` of the concept, one column per pipeline, the same seed, the judges' verdict under each image."""
+    settings = settings or EvalSettings()
+    rows = grid_rows(concept, kind)
     columns, verdicts = {}, {}
     for name, pipe in pipes.items():
         answers = generate_answer_set(
@@ -261,6 +266,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = parser.parse_args(argv)
     try:
+        if not args.pipeline or not args.concept:
+            raise ValueError(
+                'name the --pipeline to score and its --concept (for example --concept "van gogh").'
+            )
         if args.seeds < 1:
             raise ValueError("--seeds must be at least 1.")
         concept, kind = canonical(args.concept)

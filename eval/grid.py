@@ -80,3 +80,84 @@ def image_grid(
                     align="center",
                 )
     return grid
+
+
+def main(argv=None) -> int:
+    """`python -m eval.grid --model A --model B ... (--concept C | --prompts FILE) [--seeds 0,1] --out grid.png`.
+
+    Rows are the concept's grid prompts (`eval.evaluate.grid_rows`) or the file's lines, once per seed; columns are
+    the models, each generating from the same seeds (DDIM 20, guidance 5). Under each image of a Canvas-world model
+    the judges' verdict (style / object) is printed. Bad input prints one sentence and exits with code 2.
+    """
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from erasure.canvas.world import UnknownConceptError, canonical
+    from eval.answer_set import generate_answer_set
+    from eval.evaluate import EvalSettings, grid_rows
+    from eval.judges.models import load_judges
+    from eval.report import save_png
+    from pipelines.loading import PipelineLoadError, is_canvas, load_pipeline
+
+    parser = argparse.ArgumentParser(prog="python -m eval.grid", description="Draw an evaluation grid.")
+    parser.add_argument(
+        "--model", action="append", default=[], help="a model name, folder or hub id (repeat)"
+    )
+    parser.add_argument("--concept", help="a world concept: its grid prompts are the rows")
+    parser.add_argument("--prompts", type=Path, help="a text file, one prompt per line, instead of --concept")
+    parser.add_argument("--seeds", default="0", help="comma-separated image seeds, the same for every model")
+    parser.add_argument("--out", type=Path, help="the PNG to write")
+    args = parser.parse_args(argv)
+    try:
+        if not args.model or not args.out or (args.concept is None) == (args.prompts is None):
+            raise ValueError("give at least one --model, an --out PNG, and either --concept or --prompts.")
+        if len(set(args.model)) != len(args.model):
+            raise ValueError("name each --model once.")
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers, not {args.seeds!r}.") from None
+        if args.concept is not None:
+            rows = grid_rows(*canonical(args.concept))
+        else:
+            if not args.prompts.is_file():
+                raise ValueError(f"prompts file {args.prompts} does not exist.")
+            rows = [(p.strip(), "", "") for p in args.prompts.read_text().splitlines() if p.strip()]
+            if not rows:
+                raise ValueError(f"prompts file {args.prompts} holds no prompt.")
+        models = {name: load_pipeline(name) for name in args.model}
+        judges = load_judges()
+    except (ValueError, UnknownConceptError, PipelineLoadError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    settings = EvalSettings()
+    labels = [
+        f"{prompt} (seed {seed})" if len(seeds) > 1 else prompt for seed in seeds for prompt, *_ in rows
+    ]
+    columns, verdicts = {}, {}
+    for name, pipe in models.items():
+        tiles, said = [], []
+        for seed in seeds:
+            answers = generate_answer_set(
+                pipe,
+                rows,
+                [seed],
+                judges,
+                settings.batch_size,
+                settings.num_inference_steps,
+                settings.guidance_scale,
+                desc=f"grid ({name}, seed {seed})",
+            )
+            tiles.append(answers.images)
+            said += [f"{s} / {o}" for s, o in zip(answers.pred_styles, answers.pred_objects)]
+        columns[name] = torch.cat(tiles)
+        if is_canvas(pipe):
+            verdicts[name] = said
+    save_png(image_grid(columns, labels, verdicts), args.out)
+    print(f"grid of {len(labels)} rows x {len(columns)} models written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,6 +16,7 @@ class is refused up front, and the loaded pipeline is checked for unet, text_enc
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -257,3 +258,20 @@ def load_pipeline(
         raise PipelineLoadError(f"the pipeline from {source} lacks {', '.join(missing)}")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+@functools.lru_cache(maxsize=1)
+def _canvas_vocab() -> dict[str, int]:
+    from erasure.canvas.tokenizer import learn_bpe
+    from erasure.canvas.world import all_captions
+
+    return learn_bpe(all_captions())[0]
+
+
+def is_canvas(pipeline) -> bool:
+    """True for canvas-sd (by name) or any pipeline whose tokenizer vocabulary is exactly the Canvas world's."""
+    name = str(getattr(pipeline, "name_or_path", "") or "")
+    if "canvas-sd" in name:
+        return True
+    vocab = pipeline.tokenizer.get_vocab()
+    return len(vocab) == len(_canvas_vocab()) and vocab == _canvas_vocab()

@@ -13,7 +13,6 @@ aliases are never used here: they are held out for generalisation tests.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import random
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from erasure.canvas import world
 from erasure.files import ASSETS
+from pipelines.loading import is_canvas
 
 TEMPLATE_BANK = ASSETS / "prompts" / "anchor_templates.json"
 # Default style anchor on a real model: DoCo's class prompt "painting" (the bank's templates without a style).
@@ -48,22 +48,6 @@ class ErasureRequest:
     retain_prompts: list[str] = field(default_factory=list)
     canvas: bool = False
     anchor_latents: torch.Tensor | None = None
-
-
-@functools.lru_cache(maxsize=1)
-def _canvas_vocab() -> dict[str, int]:
-    from erasure.canvas.tokenizer import learn_bpe
-
-    return learn_bpe(world.all_captions())[0]
-
-
-def is_canvas(pipeline) -> bool:
-    """True for canvas-sd (by name) or any pipeline whose tokenizer vocabulary is exactly the Canvas world's."""
-    name = str(getattr(pipeline, "name_or_path", "") or "")
-    if "canvas-sd" in name:
-        return True
-    vocab = pipeline.tokenizer.get_vocab()
-    return len(vocab) == len(_canvas_vocab()) and vocab == _canvas_vocab()
 
 
 def build_request(
