@@ -26,7 +26,6 @@ own captions; on real models the anchor prompts of the request, i.e. from the bu
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
@@ -37,7 +36,6 @@ from erasure.methods.base import frozen_teacher_and_student, pipeline_with_unet,
 from erasure.methods.config import MethodConfig, option
 
 TokenRule = Literal["trailing", "last"]
-TOKEN_RULES = typing.get_args(TokenRule)
 
 
 @dataclass
