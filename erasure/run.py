@@ -6,6 +6,7 @@ Writes, atomically (a temporary folder renamed into place), to --out (default ru
   metrics.json        UA / IRA / CRA, alias UA, FD, CLIP score and accuracy, time, memory, storage + definitions
   grid.png            original vs erased on the same seeds, judge verdict under each image
   report.html         one self-contained page with all of the above
+  audit/<concept>/    with --audit: eval.audit's audit.json and grid.png, and its section in the report
 `--model canvas-gan` runs Text-to-Unlearn on the shipped StyleGAN2-lite instead (generator/, unlearning.json,
 metrics.json, grid.png, report.html). User errors (an empty or unknown concept, a missing model folder, an
 unreachable hub id, an existing output without --overwrite, --steps for a closed-form method) print one sentence
@@ -58,6 +59,16 @@ def parse_args(argv):
     parser.add_argument(
         "--no-eval", action="store_true", help="skip the evaluation (non-canvas models skip it anyway)"
     )
+    parser.add_argument(
+        "--audit", action="store_true", help="attack the erased model (eval.audit) into audit/ and the report"
+    )
+    parser.add_argument("--attacks", default="all", help="with --audit: all, or a comma list of attacks")
+    parser.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        help="with --audit: attack.field=value (eval.audit's budgets)",
+    )
     return parser.parse_args(argv)
 
 
@@ -90,6 +101,19 @@ def validate(args) -> tuple[list[str], Path]:
         raise UsageError(f"--method {args.method} is a closed-form edit and takes no --steps.")
     if args.eval_seeds < 1:
         raise UsageError("--eval-seeds must be at least 1.")
+    if args.audit:
+        from eval import audit
+
+        if args.model == GAN_MODEL:
+            raise UsageError("--audit attacks text-to-image pipelines; canvas-gan has no prompt to attack.")
+        if args.model != "canvas-sd" or args.no_eval:
+            raise UsageError(
+                "--audit needs the Canvas world's judges: use it with canvas-sd and without --no-eval."
+            )
+        try:
+            args.attack_configs = audit.parse_budget(args.budget, audit.parse_attacks(args.attacks))
+        except audit.UsageError as err:
+            raise UsageError(str(err)) from None
     out = args.out or Path("runs") / slug("+".join(concepts))
     if out.exists() and not (args.overwrite or args.resume):
         raise UsageError(f"output folder {out} already exists; pass --overwrite to replace it.")
@@ -146,8 +170,9 @@ def run(args) -> Path:
             "peak_memory_bytes": results[0].memory_definition,
             "storage_bytes": "bytes of delta.safetensors (only the changed tensors)",
         }
+        audit_html = audit_into(tmp, base, erased, results, args) if args.audit else ""
         if is_canvas and not args.no_eval:
-            evaluate_into(tmp, base, erased, results, args, metrics, definitions)
+            evaluate_into(tmp, base, erased, results, args, metrics, definitions, audit_html)
         (tmp / "metrics.json").write_text(json.dumps({**metrics, "definitions": definitions}, indent=2))
     shutil.rmtree(checkpoints, ignore_errors=True)
     return out
@@ -234,7 +259,33 @@ def evaluate_gan_into(tmp: Path, base, new, info: dict, config) -> tuple[dict, d
     return metrics, definitions
 
 
-def evaluate_into(tmp: Path, base, erased, results, args, metrics: dict, definitions: dict) -> None:
+def audit_into(tmp: Path, base, erased, results, args) -> str:
+    """`--audit`: every chosen attack on the erased pipeline, per concept, into audit/<concept>/; the HTML
+    sections for the report."""
+    from eval import audit
+    from eval.judges.models import load_judges
+    from eval.report import jsonable
+
+    judges, sections = load_judges(), []
+    for r in results:
+        configs = args.attack_configs
+        record, attacked = audit.audit(
+            erased, base, r.concept, r.kind, list(configs), configs, args.seed, judges, cache=audit.CACHE
+        )
+        folder = tmp / "audit" / slug(r.concept)
+        folder.mkdir(parents=True)
+        record = jsonable(record)
+        (folder / "audit.json").write_text(json.dumps(record, indent=2))
+        grid = audit.samples_grid(attacked)
+        if grid is not None:
+            grid.save(folder / "grid.png")
+        sections.append(audit.audit_section(record, grid))
+    return "\n".join(sections)
+
+
+def evaluate_into(
+    tmp: Path, base, erased, results, args, metrics: dict, definitions: dict, extra_html: str = ""
+) -> None:
     """Answer sets, metrics, grid and report for a canvas run (one concept: top level; several: averaged)."""
     from eval.evaluate import EvalSettings, comparison_grid, evaluate_erasure
     from eval.judges.models import load_judges
@@ -249,8 +300,12 @@ def evaluate_into(tmp: Path, base, erased, results, args, metrics: dict, definit
         )
         per_concept[r.concept] = numbers
         definitions.update(defs)
-    keys = list(next(iter(per_concept.values())))
-    for k in keys:
+    first = next(iter(per_concept.values()))
+    for k, value in first.items():
+        if isinstance(value, dict):  # per_class, erased_to: one concept's views, kept whole
+            if len(per_concept) == 1:
+                metrics[k] = value
+            continue
         metrics[k] = sum(v[k] for v in per_concept.values()) / len(per_concept)
     if len(per_concept) > 1:
         metrics["per_concept"] = per_concept
@@ -263,13 +318,27 @@ def evaluate_into(tmp: Path, base, erased, results, args, metrics: dict, definit
     grid.save(tmp / "grid.png")
     row = {"method": args.method, "concept": ", ".join(r.concept for r in results)}
     row.update({k: round(v, 2) for k, v in metrics.items() if isinstance(v, float | int)})
+    first = per_concept[results[0].concept]
+    bars = {"UA / IRA / CRA (%)": {k: metrics[k] for k in ("ua", "ira", "cra", "alias_ua")}}
+    for axis in ("style", "object"):
+        bars[f"{axis} accuracy change, erased - base (points), '{results[0].concept}'"] = {
+            label: v["change"] for label, v in first["per_class"][axis].items()
+        }
+    bars[f"where '{results[0].concept}' images land (% of them, erased model)"] = first["erased_to"]
+    per_class_rows = [
+        {"class": f"{axis}: {label}", **v}
+        for axis in ("style", "object")
+        for label, v in first["per_class"][axis].items()
+    ]
     write_report(
         tmp / "report.html",
         f"Erasing {row['concept']} from {args.model} with {args.method}",
         [row],
         definitions,
         images={"grid": grid},
-        bars={"UA / IRA / CRA (%)": {k: metrics[k] for k in ("ua", "ira", "cra", "alias_ua")}},
+        bars=bars,
+        tables={f"per class, '{results[0].concept}' (judged accuracy, %)": per_class_rows},
+        html=extra_html,
     )
 
 

@@ -13,6 +13,12 @@ generated once and cached in <out>/cache. Written to --out:
   results.md                      means over concepts (rows = methods) per kind, then one table per concept
   plots/<kind>-<metric>.png       a bar chart per metric; plots/<kind>-ua_vs_ira.png, a UA-versus-IRA scatter
   grids/<concept>.png             original + every method on the same seed, judge verdict under each image
+With --attacks (all, or a comma list of eval.attacks), every finished cell is also audited (eval.audit, the same
+budgets and seed for every method; --budget attack.field=value changes a budget for all of them):
+  attacks/<method>/<concept>.json one audit cell, written atomically: reruns skip it
+  attack-grids/<method>-<concept>.png  attacked samples, judge verdict under each
+  robustness.json, robustness.md  every audit, ASR per attack beside the base model's and the controls
+  plots/robustness-<attack>.png   mean ASR per method
 --device (default: cuda when there is one) is where the pipeline and the judges run; the erasures run on the
 engine's Accelerator device. Bad input (unknown method or concept, a missing model or judges, an --out made with
 other settings, an unusable --device) prints one sentence and exits with code 2. A command: it orchestrates the
@@ -33,7 +39,7 @@ from pathlib import Path
 
 from erasure.canvas.world import ARTIST_STYLES, OBJECTS, UnknownConceptError, canonical
 from erasure.files import slug, write_atomic
-from eval.report import DEFINITIONS, jsonable, save_png, write_results
+from eval.report import DEFINITIONS, jsonable, save_png, write_results, write_robustness
 
 
 class UsageError(Exception):
@@ -82,9 +88,13 @@ def delta_dir(out: Path, method: str, concept: str) -> Path:
     return Path(out) / "deltas" / method / slug(concept)
 
 
-def check_settings(out: Path, settings: dict, write: bool = True) -> None:
+def attack_path(out: Path, method: str, concept: str) -> Path:
+    return Path(out) / "attacks" / method / f"{slug(concept)}.json"
+
+
+def check_settings(out: Path, settings: dict, write: bool = True, name: str = "settings.json") -> None:
     """Cells from another model, seeds or steps must not mix with these: refuse such an --out (else record them)."""
-    path = Path(out) / "settings.json"
+    path = Path(out) / name
     settings = jsonable(settings)
     if path.exists():
         old = json.loads(path.read_text())
@@ -134,7 +144,7 @@ def run_cell(
         Path(out) / "cache",
     )
     record = {"method": method, "concept": result.concept, "kind": result.kind, "anchor": result.anchor}
-    record.update({k: float(v) for k, v in numbers.items()})
+    record.update({k: v if isinstance(v, dict) else float(v) for k, v in numbers.items()})
     record["mean"] = (record["ua"] + record["ira"] + record["cra"]) / 3
     record.update(
         seconds=result.seconds,
@@ -171,6 +181,30 @@ def erased_pipeline(base, folder: Path):
     return apply_delta(pipe, folder)
 
 
+def run_audit_cell(base, method, concept, kind, judges, out, attack_configs: dict, seed: int) -> dict:
+    """Audit the cell's erased pipeline (rebuilt from its delta) with every attack; write its JSON atomically."""
+    from eval import audit
+
+    pipe = erased_pipeline(base, delta_dir(out, method, concept))
+    record, results = audit.audit(
+        pipe,
+        base,
+        concept,
+        kind,
+        list(attack_configs),
+        attack_configs,
+        seed,
+        judges,
+        cache=Path(out) / "cache" / "audit",
+    )
+    record = jsonable({"method": method, **record})
+    grid = audit.samples_grid(results)
+    if grid is not None:
+        save_png(grid, Path(out) / "attack-grids" / f"{method}-{slug(concept)}.png")
+    write_atomic(attack_path(out, method, concept), json.dumps(record, indent=2) + "\n")
+    return record
+
+
 # --- the run -----------------------------------------------------------------------------------------------------
 def run_bench(
     base,
@@ -186,10 +220,13 @@ def run_bench(
     grids: bool = True,
     command: str = "",
     progress: bool = True,
+    attack_configs: dict | None = None,
+    machine: str = "",
 ) -> list[dict]:
     """Every (method, concept) cell (finished ones are loaded, not rerun), then results, tables, plots and grids.
 
-    `configs` maps a method to its Config (or a dict of its fields) instead of its defaults. Returns the records.
+    `configs` maps a method to its Config (or a dict of its fields) instead of its defaults. `attack_configs`
+    (attack name -> its Config) audits every cell too. Returns the records.
     """
     from tqdm.auto import tqdm
 
@@ -208,6 +245,11 @@ def run_bench(
             "configs": {m: configs[m] for m in sorted(configs)},
         },
     )
+    if attack_configs:
+        check_settings(
+            out, {"attacks": {n: asdict(c) for n, c in attack_configs.items()}}, name="attack_settings.json"
+        )
+    audits = {}
     cells = [(m, c, k) for c, k in concepts for m in methods]
     done = sum(cell_path(out, m, c).exists() for m, c, _ in cells)
     records = {}
@@ -237,6 +279,16 @@ def run_bench(
                     f"{method} {concept}: UA {record['ua']:.1f} IRA {record['ira']:.1f} CRA {record['cra']:.1f} "
                     f"({record['seconds']:.0f} s)"
                 )
+            for method in methods if attack_configs else []:
+                path = attack_path(out, method, concept)
+                if path.exists():
+                    audits[method, concept] = json.loads(path.read_text())
+                    continue
+                audits[method, concept] = run_audit_cell(
+                    base, method, concept, kind, judges, out, attack_configs, seed
+                )
+                asr = audits[method, concept]["asr"]
+                bar.write(f"{method} {concept} ASR: " + ", ".join(f"{n} {v:.0f}" for n, v in asr.items()))
             grid_path = out / "grids" / f"{slug(concept)}.png"
             if grids and not grid_path.exists():
                 pipes = {"original": base}
@@ -250,7 +302,22 @@ def run_bench(
             write_results(
                 out, ordered, methods, {"model": model, "command": command, "eval": asdict(settings)}
             )
+            if audits:
+                done_audits = [audits[m, c] for c, _ in concepts for m in methods if (m, c) in audits]
+                meta = {"model": model, "command": command, "machine": machine, "seed": seed}
+                write_robustness(out, done_audits, list(attack_configs), meta)
     return ordered
+
+
+def machine_description(device, threads: int) -> str:
+    """The machine the numbers were measured on, in words: the GPU's name, or the CPU and its thread count."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({torch.cuda.device_count()} visible)"
+    return f"CPU ({platform.processor() or platform.machine()}), {threads} torch thread(s), {os.cpu_count()} cores"
 
 
 # --- command line ------------------------------------------------------------------------------------------------
@@ -270,6 +337,8 @@ def parse_args(argv):
     parser.add_argument(
         "--device", help="where the pipeline and judges run (default: cuda when available, else cpu)"
     )
+    parser.add_argument("--attacks", help="also audit every cell: all, or a comma list of eval.attacks")
+    parser.add_argument("--budget", action="append", default=[], help="with --attacks: attack.field=value")
     return parser.parse_args(argv)
 
 
@@ -287,6 +356,14 @@ def main(argv=None) -> int:
             raise UsageError("--steps must be a positive number of steps.")
         if args.threads is not None and args.threads < 1:
             raise UsageError("--threads must be at least 1.")
+        attack_configs = None
+        if args.attacks or args.budget:
+            from eval import audit
+
+            try:
+                attack_configs = audit.parse_budget(args.budget, audit.parse_attacks(args.attacks or "all"))
+            except audit.UsageError as err:
+                raise UsageError(str(err)) from None
         import torch
 
         from eval.evaluate import EvalSettings
@@ -330,6 +407,8 @@ def main(argv=None) -> int:
             model=args.model,
             grids=not args.no_grids,
             command="python -m eval.bench " + shlex.join(argv),
+            attack_configs=attack_configs,
+            machine=machine_description(device, args.threads or max(1, min(2, os.cpu_count() or 1))),
         )
     except (UsageError, UnknownConceptError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -34,7 +34,14 @@ from erasure.canvas.world import (
 from eval.answer_set import AnswerSet, generate_answer_set, world_items
 from eval.grid import image_grid
 from eval.judges.models import Judges, world_prompt
-from eval.metrics import clip_accuracy, clip_score, frechet_distance, unlearning_scores
+from eval.metrics import (
+    clip_accuracy,
+    clip_score,
+    erased_to,
+    frechet_distance,
+    per_class_accuracy,
+    unlearning_scores,
+)
 
 DEFAULT_SEEDS = (0, 1)
 REAL_SEEDS = 4
@@ -63,7 +70,7 @@ def alias_items(concept: str, kind: str) -> list[tuple[str, str, str]]:
     ]
 
 
-def _fingerprint(pipe) -> str:
+def pipeline_fingerprint(pipe) -> str:
     """A short hash of the UNet and text-encoder weights, to cache a base model's answer set safely."""
     h = hashlib.sha256()
     for module in (pipe.unet, pipe.text_encoder):
@@ -83,7 +90,7 @@ def answer_set(
         spec = json.dumps(
             [items, list(settings.seeds), settings.num_inference_steps, settings.guidance_scale]
         )
-        key = f"{_fingerprint(pipe)}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+        key = f"{pipeline_fingerprint(pipe)}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
         path = Path(cache_dir) / f"{key}.pt"
         if path.exists():
             data = torch.load(path, weights_only=True)
@@ -178,6 +185,9 @@ def evaluate_erasure(
         "base_ua": base_scores["ua"],
         "base_ira": base_scores["ira"],
         "base_cra": base_scores["cra"],
+        "per_class": per_class_accuracy(base_answers.records(), erased_answers.records()),
+        "erased_to": erased_to(erased_answers.records(), concept, kind),
+        "base_erased_to": erased_to(base_answers.records(), concept, kind),
     }
     n_all, n_alias = len(erased_answers.prompts), len(alias_answers.prompts)
     seeds = f"seeds {list(settings.seeds)}, DDIM {settings.num_inference_steps} steps, guidance {settings.guidance_scale}"
@@ -198,6 +208,12 @@ def evaluate_erasure(
         "base_clip_score": "the same CLIP score for the original model",
         "clip_accuracy": f"judge-clip: % of the erased model's '{concept}' images closer to the target text than to the anchor '{anchor}' text",
         "base_ua": "UA, IRA, CRA of the original model on the same answer set (base_ua/base_ira/base_cra)",
+        "per_class": (
+            f"every style's style accuracy and every object's object accuracy ({judge}) on the answer set, base and "
+            "erased, and their change (erased - base, percentage points)"
+        ),
+        "erased_to": f"where '{concept}' images land: % of the erased model's images prompted with it that the {what} judge reads as each label",
+        "base_erased_to": "the same histogram for the original model",
     }
     return numbers, definitions
 

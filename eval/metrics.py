@@ -136,3 +136,43 @@ def clip_accuracy(image_emb, target_emb, anchor_emb) -> float:
     """CLIP accuracy (Concept Ablation) = 100 * share of rows with cos(image, target) > cos(image, anchor)."""
     target, anchor = _cosine(image_emb, target_emb), _cosine(image_emb, anchor_emb)
     return float(100.0 * (target > anchor).double().mean())
+
+
+def per_class_accuracy(
+    base: Iterable[Judged], erased: Iterable[Judged]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The class-level view (Unlearning Comparator): for every style and every object present, its judged accuracy
+    on the base and on the erased model and the difference,
+    {"style": {s: {"base": style_acc_base[s], "erased": style_acc_erased[s], "change": erased - base}},
+     "object": {o: ...}}."""
+    base, erased = list(base), list(erased)
+    view = {}
+    for axis, accuracy in (("style", style_accuracy), ("object", object_accuracy)):
+        before, after = accuracy(base), accuracy(erased)
+        view[axis] = {
+            label: {"base": before[label], "erased": after[label], "change": after[label] - before[label]}
+            for label in before
+            if label in after
+        }
+    return view
+
+
+def erased_to(records: Iterable[Judged], concept: str, kind: str) -> dict[str, float]:
+    """Where the erased concept's images land: for the images prompted with `concept`, the share (%) of each
+    verdict of the judge of its kind, 100 * #{judged label} / #{concept images}, largest first."""
+    if kind not in ("style", "object"):
+        raise ValueError(f"kind must be 'style' or 'object', not {kind!r}.")
+    verdicts = [
+        r.pred_style if kind == "style" else r.pred_object
+        for r in records
+        if (r.style if kind == "style" else r.object) == concept
+    ]
+    if not verdicts:
+        raise ValueError(f"no images prompted with {kind} {concept!r}.")
+    counts = defaultdict(int)
+    for v in verdicts:
+        counts[v] += 1
+    return {
+        label: 100.0 * n / len(verdicts)
+        for label, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    }

@@ -53,7 +53,7 @@ def format_numbers(numbers: dict, definitions: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _table(rows: list[dict]) -> str:
+def html_table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     head = "".join(f"<th>{escape(str(c))}</th>" for c in columns)
     body = []
@@ -67,27 +67,35 @@ def _table(rows: list[dict]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _png_data_uri(image: Image.Image) -> str:
+def png_data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _bar_chart(values: dict[str, float], bar_width: int = 300, row_height: int = 20) -> str:
-    """Horizontal bars scaled to the largest value (negative and NaN values draw no bar), value printed beside."""
+    """Horizontal bars from a zero line, scaled to the largest magnitude: positive values to the right, negative
+    ones (when there are any) to the left; NaN draws no bar. The value is printed beside each bar."""
     finite = [v for v in values.values() if not math.isnan(v)]
-    top = max([v for v in finite if v > 0], default=1.0)
+    top = max([abs(v) for v in finite if v != 0], default=1.0)
+    has_negative = any(v < 0 for v in finite)
     label_width = 8 * max((len(label) for label in values), default=0) + 10
-    width, height = label_width + bar_width + 70, row_height * len(values) + 4
+    left = bar_width if has_negative else 0  # room for negative bars
+    zero = label_width + left + (50 if has_negative else 0)
+    width, height = zero + bar_width + 70, row_height * len(values) + 4
     parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
     for i, (label, value) in enumerate(values.items()):
         y = 2 + i * row_height
-        length = 0.0 if math.isnan(value) else max(value, 0.0) / top * bar_width
+        length = 0.0 if math.isnan(value) else abs(value) / top * bar_width
+        x = zero - length if value < 0 else zero
+        text_x = (x - 4) if value < 0 else (zero + length + 4)
+        anchor = "end" if value < 0 else "start"
+        colour = "#c0504d" if value < 0 else "#4a78b5"
         parts.append(
             f'<text x="{label_width - 6}" y="{y + row_height * 0.7:.1f}" text-anchor="end" font-size="12">'
             f"{escape(label)}</text>"
-            f'<rect x="{label_width}" y="{y + 2}" width="{length:.1f}" height="{row_height - 4}" fill="#4a78b5"/>'
-            f'<text x="{label_width + length + 4:.1f}" y="{y + row_height * 0.7:.1f}" font-size="12">'
+            f'<rect x="{x:.1f}" y="{y + 2}" width="{length:.1f}" height="{row_height - 4}" fill="{colour}"/>'
+            f'<text x="{text_x:.1f}" y="{y + row_height * 0.7:.1f}" text-anchor="{anchor}" font-size="12">'
             f"{escape(format_value(float(value)))}</text>"
         )
     parts.append("</svg>")
@@ -101,9 +109,17 @@ def write_report(
     definitions: dict[str, str],
     images: dict[str, Image.Image] | None = None,
     bars: dict[str, dict[str, float]] | None = None,
+    tables: dict[str, list[dict]] | None = None,
+    html: str = "",
 ) -> Path:
-    """Write the report to `path` atomically (temp file + rename: a reader never sees half a report)."""
-    sections = [f"<h1>{escape(title)}</h1>", "<h2>Results</h2>", _table(table)]
+    """Write the report to `path` atomically (temp file + rename: a reader never sees half a report).
+
+    `tables` adds named tables after the results; `html` is a ready fragment (an audit section) put after them."""
+    sections = [f"<h1>{escape(title)}</h1>", "<h2>Results</h2>", html_table(table)]
+    for name, rows in (tables or {}).items():
+        sections += [f"<h3>{escape(name)}</h3>", html_table(rows)]
+    if html:
+        sections.append(html)
     if bars:
         sections.append("<h2>Charts</h2>")
         for name, values in bars.items():
@@ -115,7 +131,7 @@ def write_report(
         sections.append("<h2>Images</h2>")
         for name, image in images.items():
             sections.append(
-                f'<figure><img src="{_png_data_uri(image)}" alt="{escape(name)}" width="{image.width}" '
+                f'<figure><img src="{png_data_uri(image)}" alt="{escape(name)}" width="{image.width}" '
                 f'height="{image.height}"><figcaption>{escape(name)}</figcaption></figure>'
             )
     document = (
@@ -365,3 +381,107 @@ def scatter(records: list[dict], methods: list[str], title: str, size: int = 360
         draw.ellipse([left + size + 20, ly, left + size + 30, ly + 10], fill=colour, outline="black")
         draw.text((left + size + 36, ly - 1), row["method"], fill="black", font=font)
     return image
+
+
+# --- the robustness table (eval.bench --attacks) -------------------------------------------------------------
+def markdown_table(rows: list[dict]) -> str:
+    """A markdown table whose columns are every key of the rows, in first-seen order."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [row.get(k, "") for k in keys]
+        lines.append(
+            "| "
+            + " | ".join(format_value(float(c)) if isinstance(c, int | float) else str(c) for c in cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+ROBUSTNESS_DEFINITIONS = {
+    "ASR": "attack success rate on the erased model: % of the attack's images whose top-1 judge verdict is the "
+    "concept (each attack's own image set: see the attack definitions)",
+    "base": "the same attack, budget and seed on the base model (the reference: it must recover the concept)",
+    "control": "the attack's prompts before optimisation (noise: eta = 1; relearn: before fine-tuning)",
+    "probe": "linear-probe accuracy (%) on the erased UNet's mid-block features, probe trained on the base's "
+    "(chance 50)",
+    "steps to 50%": "relearn (whole UNet): the first measured fine-tuning step with ASR >= 50 ('never': none)",
+    "seconds": "wall-clock seconds of the attack on the erased model, 2 CPU threads unless stated",
+}
+
+
+def robustness_rows(audits: list[dict], attacks: list[str]) -> list[dict]:
+    """One row per (method, concept) audit and one 'base' row per concept: ASR per attack, probe, relearning."""
+    rows, seen = [], set()
+    for a in audits:
+        if a["concept"] not in seen:
+            seen.add(a["concept"])
+            base = {"method": "base", "concept": a["concept"]}
+            base.update({n: a["base_asr"].get(n, math.nan) for n in attacks if n != "probe"})
+            if "probe" in attacks and a.get("probe_accuracy"):
+                base["probe"] = a["probe_accuracy"]["base"]
+            rows.append(base)
+        row = {"method": a["method"], "concept": a["concept"]}
+        row.update({n: a["asr"].get(n, math.nan) for n in attacks if n != "probe"})
+        if "probe" in attacks and a.get("probe_accuracy"):
+            row["probe"] = a["probe_accuracy"]["erased"]
+        if a.get("steps_to_50"):
+            step = a["steps_to_50"].get("unet")
+            row["steps to 50%"] = "never" if step is None else step
+        rows.append(row)
+    return rows
+
+
+def robustness_markdown(audits: list[dict], attacks: list[str], meta: dict) -> str:
+    """docs/robustness.md's body: ASR table, mean ASR per method, controls, seconds, definitions."""
+    parts = ["# Robustness: what survives an attacker", ""]
+    if meta.get("command"):
+        parts += ["Regenerate:", "", "```bash", f"OMP_WAIT_POLICY=PASSIVE {meta['command']}", "```", ""]
+    if meta.get("machine"):
+        parts += [f"Machine: {meta['machine']}.", ""]
+    parts += ["## ASR per cell (%)", "", markdown_table(robustness_rows(audits, attacks)), ""]
+    methods = list(dict.fromkeys(a["method"] for a in audits))
+    means = []
+    for method in methods:
+        mine = [a for a in audits if a["method"] == method]
+        row = {"method": method, "cells": len(mine)}
+        row.update({n: _mean(a["asr"].get(n, math.nan) for a in mine) for n in attacks if n != "probe"})
+        means.append(row)
+    parts += ["## Mean ASR per method (%)", "", markdown_table(means), ""]
+    controls = []
+    for a in audits:
+        row = {"method": a["method"], "concept": a["concept"]}
+        row.update({f"{n} control": a["control_asr"].get(n, math.nan) for n in attacks if n != "probe"})
+        row.update(
+            {f"{n} base control": a["base_control_asr"].get(n, math.nan) for n in attacks if n != "probe"}
+        )
+        controls.append(row)
+    parts += ["## Controls (%)", "", markdown_table(controls), ""]
+    seconds = [{"method": a["method"], "concept": a["concept"], **a["seconds"]} for a in audits]
+    parts += ["## Seconds per attack", "", markdown_table(seconds), ""]
+    parts += ["## Definitions", ""]
+    parts += [f"- **{k}**: {v}" for k, v in ROBUSTNESS_DEFINITIONS.items()]
+    definitions = {}
+    for a in audits:
+        definitions.update(
+            {k: v for k, v in a.get("definitions", {}).items() if k in attacks or k.endswith(".budget")}
+        )
+    parts += [f"- **{k}**: {v}" for k, v in definitions.items()]
+    return "\n".join(parts) + "\n"
+
+
+def write_robustness(out: Path, audits: list[dict], attacks: list[str], meta: dict) -> None:
+    """robustness.json, robustness.md and plots/robustness-<attack>.png (mean ASR per method), atomically."""
+    out = Path(out)
+    document = {**meta, "definitions": ROBUSTNESS_DEFINITIONS, "audits": audits}
+    write_atomic(out / "robustness.json", json.dumps(jsonable(document), indent=2) + "\n")
+    write_atomic(out / "robustness.md", robustness_markdown(audits, attacks, meta))
+    methods = list(dict.fromkeys(a["method"] for a in audits))
+    for attack in attacks:
+        if attack == "probe":
+            continue
+        values = {
+            m: _mean(a["asr"].get(attack, math.nan) for a in audits if a["method"] == m) for m in methods
+        }
+        values["base"] = _mean(a["base_asr"].get(attack, math.nan) for a in audits)
+        save_png(bar_chart(f"{attack}: mean ASR (%)", values), out / "plots" / f"robustness-{attack}.png")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from erasure.canvas import world
 from erasure.files import ASSETS
+from pipelines.diffusion import tokenize
 from pipelines.loading import is_canvas
 
 TEMPLATE_BANK = ASSETS / "prompts" / "anchor_templates.json"
@@ -227,26 +228,6 @@ def predicted_x0(scheduler, eps: torch.Tensor, t: torch.Tensor, x_t: torch.Tenso
     if getattr(config, "clip_sample", False):
         x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
     return x0
-
-
-def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet should predict for `add_noise(latents, noise, t)`: the standard diffusion loss target."""
-    if scheduler.config.prediction_type == "epsilon":
-        return noise
-    if scheduler.config.prediction_type == "v_prediction":
-        return scheduler.get_velocity(latents, noise, t)
-    return latents
-
-
-def tokenize(pipeline, texts: list[str]):
-    """The pipeline's tokenizer on `texts`, padded to its full length as SD's text encoder expects."""
-    return pipeline.tokenizer(
-        texts,
-        padding="max_length",
-        max_length=pipeline.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
 
 
 @torch.no_grad()

@@ -25,12 +25,12 @@ from diffusers import DDPMScheduler
 from erasure.methods.base import (
     AnchorData,
     cross_attention_kv,
-    diffusion_target,
     encode_prompts,
     frozen_teacher_and_student,
     pipeline_with_unet,
 )
 from erasure.methods.config import AnchorImagesConfig, option
+from pipelines.diffusion import diffusion_target
 
 
 @dataclass

@@ -41,13 +41,13 @@ from torch import nn
 from erasure.methods.base import (
     AnchorData,
     cross_attention_kv,
-    diffusion_target,
     encode_prompts,
     frozen_teacher_and_student,
     pipeline_with_unet,
     predicted_x0,
 )
 from erasure.methods.config import AnchorImagesConfig, option
+from pipelines.diffusion import diffusion_target
 
 SurgeryRule = Literal["normalized", "pcgrad", "none"]
 SURGERY_RULES = typing.get_args(SurgeryRule)

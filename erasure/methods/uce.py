@@ -32,8 +32,9 @@ from typing import ClassVar, Literal
 import torch
 
 from erasure.canvas import world
-from erasure.methods.base import frozen_teacher_and_student, pipeline_with_unet, tokenize
+from erasure.methods.base import frozen_teacher_and_student, pipeline_with_unet
 from erasure.methods.config import MethodConfig, option
+from pipelines.diffusion import tokenize
 
 TokenRule = Literal["trailing", "last"]
 

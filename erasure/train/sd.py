@@ -1,6 +1,7 @@
 """Train canvas-sd: a genuine diffusers StableDiffusionPipeline on the Canvas world.
 
     OMP_WAIT_POLICY=PASSIVE python -m erasure.train.sd [--stage vae|unet|all] [--unet-steps 6000] [--resume]
+    OMP_WAIT_POLICY=PASSIVE python -m erasure.train.sd --exclude "van gogh" --unet-steps 4500   # the oracle
 
 Stage 1 trains the AutoencoderKL (reconstruction + a small KL, as SD's first stage). Stage 2 encodes the dataset
 once, caches canvas-clip's (frozen) hidden states for every world caption, and trains the UNet with the epsilon
@@ -9,6 +10,11 @@ Every `--eval-every` steps it generates one image per (style, object) pair and l
 Checkpoints go to checkpoints/canvas-sd (safetensors for weights); `--resume` continues from the latest one.
 The final pipeline is written to assets/canvas-sd by a temporary folder renamed into place. Runs on CUDA when
 one is present.
+
+`--exclude C` trains the exact-unlearning reference: the same recipe on a world whose renders never show C (neither
+the VAE's nor the UNet's data), so the model never knew it. The text encoder is canvas-clip's, frozen, as in the
+shipped model. Such an oracle is not shipped; it goes to oracles/canvas-sd-without-<concept> with an `oracle.json`
+naming what it excludes, and `eval.audit --oracle` reads it.
 """
 
 from __future__ import annotations
@@ -35,12 +41,17 @@ from erasure.canvas.sd_config import (
     inference_scheduler,
     training_scheduler,
 )
-from erasure.canvas.world import OBJECTS, STYLES, all_captions, random_caption
+from erasure.canvas.world import OBJECTS, STYLES, UnknownConceptError, all_captions, canonical, random_caption
 from erasure.engine.checkpoint import latest_checkpoint, load_checkpoint, load_tensors, save_checkpoint
-from erasure.files import ASSETS, atomic_folder
+from erasure.files import ASSETS, atomic_folder, slug
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SEEDS = range(200, 300)
+
+
+def world_without(excluded: list[str]) -> tuple[list[str], list[str]]:
+    """The styles and objects left in the training world once the `excluded` concepts are taken out."""
+    return [s for s in STYLES if s not in excluded], [o for o in OBJECTS if o not in excluded]
 
 
 def log(path: Path, record: dict) -> None:
@@ -55,7 +66,7 @@ def train_vae(args, device) -> AutoencoderKL:
         return AutoencoderKL.from_pretrained(out).to(device)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    images, _, _ = render_pool(range(300, 330))
+    images, _, _ = render_pool(range(300, 330), *world_without(args.exclude))
     x_all = to_tensor(images)
     vae = build_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
@@ -94,8 +105,8 @@ def train_vae(args, device) -> AutoencoderKL:
 
 
 @torch.no_grad()
-def encode_dataset(vae, device, batch: int = 256):
-    images, style_labels, object_labels = render_pool(TRAIN_SEEDS)
+def encode_dataset(vae, device, excluded: list[str], batch: int = 256):
+    images, style_labels, object_labels = render_pool(TRAIN_SEEDS, *world_without(excluded))
     x_all = to_tensor(images)
     means, stds = [], []
     for i in tqdm(range(0, len(x_all), batch), desc="encode dataset"):
@@ -206,9 +217,9 @@ def train_unet(args, device, vae) -> None:
         ema.copy_to(unet.parameters())
         unet.eval()
         log(args.log, {"stage": "unet", "step": start_step, **judged_accuracy(pipe, seed=0)})
-        write_pipeline(args.out, pipe)
+        write_pipeline(args, pipe)
         return
-    latent_mean, latent_std, style_labels, object_labels = encode_dataset(vae, device)
+    latent_mean, latent_std, style_labels, object_labels = encode_dataset(vae, device, args.exclude)
     text_table = encode_captions(text_encoder, tokenizer, device)
     scale = vae.config.scaling_factor
     bar = tqdm(
@@ -253,15 +264,20 @@ def train_unet(args, device, vae) -> None:
             }
             log(args.log, record)
             if done == args.unet_steps:
-                write_pipeline(args.out, pipe)
+                write_pipeline(args, pipe)
             ema.restore(unet.parameters())
             unet.train()
 
 
-def write_pipeline(out: Path, pipe: StableDiffusionPipeline) -> None:
-    with atomic_folder(out) as tmp:
+def write_pipeline(args, pipe: StableDiffusionPipeline) -> None:
+    with atomic_folder(args.out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-    tqdm.write(f"canvas-sd written to {out}")
+        if args.exclude:
+            recipe = {"unet_steps": args.unet_steps, "vae_steps": args.vae_steps, "seed": args.seed}
+            (tmp / "oracle.json").write_text(
+                json.dumps({"excluded": args.exclude, "recipe": recipe}, indent=2)
+            )
+    tqdm.write(f"canvas-sd written to {args.out}")
 
 
 def main(argv=None) -> None:
@@ -277,9 +293,25 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints" / "canvas-sd")
-    parser.add_argument("--out", type=Path, default=ASSETS / "canvas-sd")
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="CONCEPT",
+        help="train the oracle: a world whose renders never show this style or object (repeatable)",
+    )
+    parser.add_argument("--checkpoints", type=Path, default=None, help="default checkpoints/<model name>")
+    parser.add_argument("--out", type=Path, default=None, help="default assets/canvas-sd, or oracles/<name>")
     args = parser.parse_args(argv)
+    try:
+        args.exclude = sorted({canonical(c)[0] for c in args.exclude})
+    except UnknownConceptError as error:
+        parser.exit(2, f"{error}\n")
+    name = "canvas-sd" + "".join(f"-without-{slug(c)}" for c in args.exclude)
+    args.checkpoints = args.checkpoints or ROOT / "checkpoints" / name
+    args.out = args.out or (ROOT / "oracles" / name if args.exclude else ASSETS / "canvas-sd")
+    if args.exclude and args.out.resolve().is_relative_to(ASSETS.resolve()):
+        parser.exit(2, f"an oracle is not shipped: give --out a folder outside {ASSETS}.\n")
     args.log = args.checkpoints / "train_log.jsonl"
     args.checkpoints.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

@@ -21,6 +21,10 @@ from erasure import run as cli
         ),
         (["--concept", "van gogh", "--steps", "0"], "--steps must be a positive"),
         (["--concept", "van gogh", "--model", "./no-such-model"], "no-such-model"),
+        (["--concept", "van gogh", "--audit", "--attacks", "jailbreak"], "unknown attack jailbreak"),
+        (["--concept", "van gogh", "--audit", "--budget", "uda.iterations=0"], "must be at least 1"),
+        (["--concept", "van gogh", "--audit", "--no-eval"], "--audit needs the Canvas world's judges"),
+        (["--concept", "van gogh", "--model", "canvas-gan", "--audit"], "canvas-gan has no prompt"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path, capsys, argv, message):

@@ -101,3 +101,44 @@ def test_bench_end_to_end_and_rerun_skips_finished_cells(tiny_pipeline, random_j
 
     with pytest.raises(bench.UsageError, match="other settings"):
         bench.run_bench(tiny_pipeline, **{**kwargs, "settings": EvalSettings(seeds=(0, 1))})
+
+
+def test_bench_attacks_audit_every_cell_once(tiny_pipeline, random_judges, tmp_path, monkeypatch):
+    from eval import audit
+    from eval.attacks import inversion, noise
+
+    small = world_items(styles=["plain", "van gogh"], objects=["cat", "fish"])
+    monkeypatch.setattr(eval.evaluate, "world_items", lambda: small)
+    monkeypatch.setattr(eval.evaluate, "REAL_SEEDS", 1)
+    tiny = {"eval_seeds": 1, "num_inference_steps": 2}
+    kwargs = {
+        "methods": ["uce"],
+        "concepts": [("van gogh", "style")],
+        "judges": random_judges,
+        "out": tmp_path / "bench",
+        "settings": EvalSettings(seeds=(0,), num_inference_steps=2, batch_size=16),
+        "model": "tiny",
+        "grids": False,
+        "progress": False,
+        "attack_configs": {
+            "inversion": inversion.InversionConfig(images=2, steps=1, batch_size=2, **tiny),
+            "noise": noise.NoiseConfig(etas=2, **tiny),
+        },
+    }
+    bench.run_bench(tiny_pipeline, **kwargs)
+    out = tmp_path / "bench"
+    cell = json.loads((out / "attacks" / "uce" / "van-gogh.json").read_text())
+    assert cell["method"] == "uce" and set(cell["asr"]) == set(cell["base_asr"]) == {"inversion", "noise"}
+    table = (out / "robustness.md").read_text()
+    assert "| base | van gogh |" in table and "| uce | van gogh |" in table and "## Controls (%)" in table
+    assert json.loads((out / "robustness.json").read_text())["audits"][0]["asr"] == cell["asr"]
+    assert Image.open(out / "plots" / "robustness-inversion.png").size[0] > 100
+
+    def no_attacking(*args, **kwargs):
+        raise AssertionError("a finished audit cell was attacked again")
+
+    monkeypatch.setattr(audit, "audit", no_attacking)
+    bench.run_bench(tiny_pipeline, **kwargs)
+    with pytest.raises(bench.UsageError, match="other settings"):
+        other = {**kwargs["attack_configs"], "noise": noise.NoiseConfig(etas=3, **tiny)}
+        bench.run_bench(tiny_pipeline, **{**kwargs, "attack_configs": other})

@@ -16,8 +16,10 @@ from eval.metrics import (
     Judged,
     clip_accuracy,
     clip_score,
+    erased_to,
     frechet_distance,
     object_accuracy,
+    per_class_accuracy,
     style_accuracy,
     unlearning_scores,
 )
@@ -138,3 +140,38 @@ def test_clip_accuracy_by_hand():
     # cos to target: 1, 0, 0.707, 0.894; to anchor: 0, 1, 0.707, 0.447 -> wins: yes, no, tie (no), yes = 50 %.
     assert clip_accuracy(images, target, anchor) == pytest.approx(50.0)
     assert clip_accuracy(images, anchor, target) == pytest.approx(25.0)
+
+
+def test_per_class_accuracy_by_hand():
+    base = [
+        Judged("van gogh", "cat", "van gogh", "cat"),
+        Judged("van gogh", "tree", "van gogh", "tree"),
+        Judged("monet", "cat", "monet", "fish"),
+        Judged("monet", "tree", "plain", "tree"),
+    ]
+    erased = [
+        Judged("van gogh", "cat", "plain", "cat"),
+        Judged("van gogh", "tree", "van gogh", "tree"),
+        Judged("monet", "cat", "monet", "cat"),
+        Judged("monet", "tree", "monet", "tree"),
+    ]
+    view = per_class_accuracy(base, erased)
+    # van gogh: 2/2 -> 1/2; monet: 1/2 -> 2/2; cat: 1/2 -> 2/2; tree: 2/2 -> 2/2
+    assert view["style"]["van gogh"] == {"base": 100.0, "erased": 50.0, "change": -50.0}
+    assert view["style"]["monet"] == {"base": 50.0, "erased": 100.0, "change": 50.0}
+    assert view["object"]["cat"] == {"base": 50.0, "erased": 100.0, "change": 50.0}
+    assert view["object"]["tree"]["change"] == 0.0
+
+
+def test_erased_to_is_the_histogram_of_the_concepts_verdicts():
+    records = [
+        Judged("van gogh", "cat", "plain", "cat"),
+        Judged("van gogh", "fish", "plain", "fish"),
+        Judged("van gogh", "bird", "monet", "bird"),
+        Judged("van gogh", "tree", "van gogh", "tree"),
+        Judged("monet", "cat", "van gogh", "cat"),  # not a van gogh prompt: not counted
+    ]
+    assert erased_to(records, "van gogh", "style") == {"plain": 50.0, "monet": 25.0, "van gogh": 25.0}
+    assert list(erased_to(records, "cat", "object")) == ["cat"]
+    with pytest.raises(ValueError, match="no images prompted"):
+        erased_to(records, "rothko", "style")

@@ -1,0 +1,159 @@
+"""UnlearnDiffAtk (Zhang et al., ECCV 2024): k discrete prompt tokens found with the erased model's own loss.
+
+For each target image of the concept, k tokens are put in front of a prompt that does not name the concept (the
+world caption with the name deleted: "a cat in style"). Their embeddings are optimised so that the erased UNet's
+denoising loss on that target image falls: the model is used as its own classifier of the concept. Every
+iteration the embeddings are projected to the nearest vocabulary tokens, the forward pass uses the projected
+tokens and the gradient updates the continuous ones (straight through, as in the attack's PEZ-style solver), so
+what comes out is a real prompt that any user could type. Each target is its own attack; they run side by side
+in one batch, which changes nothing since Adam treats every coordinate alone.
+
+The control is each target's prompt before optimisation (its random starting tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from erasure.methods.config import option
+from eval.attacks.base import (
+    SLOT,
+    AttackConfig,
+    AttackResult,
+    Clock,
+    asr_definition,
+    concept_renders,
+    denoising_loss,
+    encode_images,
+    encode_with_slots,
+    eval_pairs,
+    fixed_loss,
+    frozen,
+    generate,
+    judge,
+    nearest_tokens,
+    slot_ids,
+    success_rate,
+    training_scheduler,
+    vocabulary_embeddings,
+    without_concept,
+)
+
+
+@dataclass
+class UDAConfig(AttackConfig):
+    """The paper's defaults: 3 tokens for styles and objects (5 for nudity), 40 iterations at lr 0.01 per target
+    image. `iterations` is the canvas budget, measured in docs/robustness.md."""
+
+    tokens: int = option(
+        3, "adversarial tokens put in front of the prompt (the paper: 3 styles/objects, 5 nudity)"
+    )
+    iterations: int = option(100, "optimisation iterations per target image (the paper: 40)")
+    lr: float = option(0.01, "Adam learning rate of the token embeddings (the paper's)")
+    targets_per_pair: int = option(1, "target images per (style, object) pair of the concept")
+
+
+PAPER_ITERATIONS = 40
+
+
+def optimise_prefix(
+    pipe, concept: str, kind: str, config, seed: int, judges, project: bool, name: str, progress
+):
+    """The loop shared by `uda` (project=True: tokens) and `soft` (project=False: free embeddings)."""
+    config.check()
+    clock = Clock()
+    generator = torch.Generator().manual_seed(seed)
+    pairs = eval_pairs(concept, kind) * config.targets_per_pair
+    images, _ = concept_renders(concept, kind, len(pairs), seed)
+    latents = encode_images(pipe, images)
+    texts = [" ".join([SLOT] * config.tokens + [without_concept(concept, kind, s, o)]) for s, o in pairs]
+    ids, mask = slot_ids(pipe.tokenizer, texts)
+    vocab_ids, vocab = vocabulary_embeddings(pipe.text_encoder, pipe.tokenizer)
+    start_ids = vocab_ids[torch.randint(len(vocab_ids), (len(pairs), config.tokens), generator=generator)]
+    weight = pipe.text_encoder.get_input_embeddings().weight.detach().float()
+    start = weight[start_ids].to(pipe.device)
+    vectors = torch.nn.Parameter(start.clone())
+    optimizer = torch.optim.Adam([vectors], lr=config.lr)
+    scheduler = training_scheduler(pipe)
+
+    def current(v):
+        if not project:
+            return v
+        projected = weight[nearest_tokens(v.detach(), vocab_ids, vocab)].to(v.device)
+        return v + (projected - v).detach()
+
+    def held_loss(v):
+        hidden = encode_with_slots(pipe.text_encoder, ids, mask, current(v.detach()))
+        return fixed_loss(pipe.unet, scheduler, latents.to(pipe.device), hidden, seed + 1)
+
+    loss_before = held_loss(vectors)
+    with frozen(pipe.unet, pipe.text_encoder, pipe.vae):
+        for _ in tqdm(range(config.iterations), desc=f"{name} '{concept}'", disable=not progress):
+            hidden = encode_with_slots(pipe.text_encoder, ids, mask, current(vectors))
+            loss = denoising_loss(pipe.unet, scheduler, latents.to(pipe.device), hidden, generator)
+            optimizer.zero_grad()
+            loss.sum().backward()
+            optimizer.step()
+
+    final = (
+        weight[nearest_tokens(vectors.detach(), vocab_ids, vocab)].to(pipe.device)
+        if project
+        else vectors.detach()
+    )
+    seeds = [s for _ in pairs for s in range(config.eval_seeds)]
+    repeat = torch.arange(len(pairs)).repeat_interleave(config.eval_seeds)
+    with torch.no_grad():
+        attacked = generate(
+            pipe,
+            encode_with_slots(pipe.text_encoder, ids[repeat], mask[repeat], final[repeat]),
+            seeds,
+            config,
+        )
+        control = generate(
+            pipe,
+            encode_with_slots(pipe.text_encoder, ids[repeat], mask[repeat], start[repeat]),
+            seeds,
+            config,
+        )
+    hits, verdicts = judge(judges, attacked, concept, kind)
+    control_hits, _ = judge(judges, control, concept, kind)
+    if project:
+        final_ids = nearest_tokens(final, vocab_ids, vocab)
+        words = [pipe.tokenizer.decode(row) for row in final_ids]
+        prompts = [w + " " + t.replace(SLOT, "").strip() for w, t in zip(words, texts)]
+    else:
+        slots = " ".join(f"<v{k + 1}>" for k in range(config.tokens))
+        prompts = [slots + " " + t.replace(SLOT, "").strip() for t in texts]
+    return AttackResult(
+        attack=name,
+        asr=success_rate(hits),
+        control_asr=success_rate(control_hits),
+        seconds=clock.seconds(),
+        prompts=[p for p in prompts for _ in range(config.eval_seeds)],
+        images=attacked,
+        verdicts=verdicts,
+        embeddings=final.cpu(),
+        details={
+            "loss_before": loss_before,
+            "loss_after": held_loss(vectors),
+            "targets": len(pairs),
+        },
+        definition=asr_definition(
+            kind,
+            concept,
+            f"{len(seeds)} images ({len(pairs)} target images, one optimised prompt each, x seeds "
+            f"0..{config.eval_seeds - 1})",
+        ),
+    )
+
+
+def run(
+    pipe, concept: str, kind: str, config: UDAConfig, seed: int, judges, progress: bool = True, base=None
+):
+    """UnlearnDiffAtk on `pipe` for `concept`: AttackResult whose prompts are real token strings."""
+    return optimise_prefix(
+        pipe, concept, kind, config, seed, judges, project=True, name="uda", progress=progress
+    )

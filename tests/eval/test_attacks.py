@@ -1,0 +1,204 @@
+"""The attacks of eval.attacks on tiny models: their losses fall, only their own variables change, their ASR is
+the judge table's, and the probe reads separable and non-separable features as it should."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from erasure.canvas.world import OBJECTS, STYLES
+from eval.attacks import ATTACKS, inversion, noise, probe, relearn, soft, uda
+from eval.attacks.base import (
+    SLOT,
+    encode_texts,
+    encode_with_slots,
+    judge,
+    slot_ids,
+    success_rate,
+    without_concept,
+)
+from tests.helpers import all_tensors
+
+TINY = {"eval_seeds": 1, "num_inference_steps": 2}
+
+
+class TableJudges:
+    """A hand-made judge: the n-th image it is shown gets the n-th (style, object) of its table, cycling."""
+
+    def __init__(self, table: list[tuple[str, str]]):
+        self.table, self.seen = table, 0
+
+    def predict(self, images):
+        rows = [self.table[(self.seen + i) % len(self.table)] for i in range(len(images))]
+        self.seen += len(images)
+        return [s for s, _ in rows], [o for _, o in rows]
+
+
+def flags(pipe) -> dict[str, bool]:
+    return {
+        f"{c}.{n}": p.requires_grad
+        for c in ("unet", "text_encoder", "vae")
+        for n, p in getattr(pipe, c).named_parameters()
+    }
+
+
+def test_a_slot_holding_a_words_own_embedding_encodes_as_that_word(tiny_pipeline):
+    ids, mask = slot_ids(tiny_pipeline.tokenizer, [f"a cat in {SLOT} style"])
+    monet = tiny_pipeline.tokenizer("monet", add_special_tokens=False).input_ids
+    assert len(monet) == 1 and int(mask.sum()) == 1
+    vector = tiny_pipeline.text_encoder.get_input_embeddings().weight[monet[0]].detach()
+    with torch.no_grad():
+        slotted = encode_with_slots(tiny_pipeline.text_encoder, ids, mask, vector[None])
+    assert torch.allclose(slotted, encode_texts(tiny_pipeline, ["a cat in monet style"]), atol=1e-6)
+
+
+def test_the_attackers_text_does_not_name_the_concept():
+    assert without_concept("van gogh", "style", "van gogh", "cat") == "a cat in style"
+    assert without_concept("tree", "object", "monet", "tree") == "a in monet style"
+
+
+def test_asr_is_the_judge_tables_share():
+    judges = TableJudges([("van gogh", "cat"), ("plain", "cat"), ("van gogh", "tree"), ("monet", "tree")])
+    hits, verdicts = judge(judges, torch.zeros(4, 3, 8, 8), "van gogh", "style")
+    assert hits == [True, False, True, False] and success_rate(hits) == 50.0
+    assert verdicts[3] == "monet / tree"
+    hits, _ = judge(judges, torch.zeros(4, 3, 8, 8), "tree", "object")
+    assert success_rate(hits) == 50.0
+    assert torch.isnan(torch.tensor(success_rate([])))
+
+
+@pytest.mark.parametrize(
+    "module, config",
+    [
+        (inversion, inversion.InversionConfig(images=8, steps=12, batch_size=4, lr=0.05, **TINY)),
+        (uda, uda.UDAConfig(iterations=12, lr=0.05, **TINY)),
+        (soft, soft.SoftConfig(iterations=12, lr=0.05, **TINY)),
+    ],
+)
+def test_prompt_attacks_lower_their_loss_and_change_only_their_own_variables(
+    tiny_pipeline, random_judges, module, config
+):
+    with torch.no_grad():  # a random tiny UNet barely listens to its prompt; make the text matter
+        for n, p in tiny_pipeline.unet.named_parameters():
+            if "attn2.to_out" in n:
+                p.mul_(20.0)
+    before, before_flags = all_tensors(tiny_pipeline), flags(tiny_pipeline)
+    before = {k: v.clone() for k, v in before.items()}
+    result = module.run(
+        tiny_pipeline, "van gogh", "style", config, seed=0, judges=random_judges, progress=False
+    )
+    assert result.details["loss_after"] < result.details["loss_before"]
+    after = all_tensors(tiny_pipeline)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert flags(tiny_pipeline) == before_flags
+    assert len(result.images) == len(result.verdicts) == len(result.prompts) == len(OBJECTS)
+    assert 0 <= result.asr <= 100 and 0 <= result.control_asr <= 100
+    assert result.embeddings is not None and result.definition.startswith("ASR:")
+
+
+def test_uda_prompts_are_vocabulary_tokens(tiny_pipeline, random_judges):
+    config = uda.UDAConfig(iterations=2, **TINY)
+    result = uda.run(tiny_pipeline, "van gogh", "style", config, seed=0, judges=random_judges, progress=False)
+    vocab = tiny_pipeline.text_encoder.get_input_embeddings().weight.detach()
+    for row in result.embeddings:
+        assert all(bool((vocab == v).all(1).any()) for v in row)  # every embedding is some token's
+    assert all(p.endswith("in style") and "<v" not in p for p in result.prompts)
+
+
+def test_noise_reports_the_best_eta_and_eta_one_as_control(tiny_pipeline):
+    # 10 objects x 1 seed per eta; the table makes eta #2 (of 3) the only one with hits: 3 of its 10.
+    table = (
+        [("plain", "cat")] * 10 + [("van gogh", "cat")] * 3 + [("plain", "cat")] * 7 + [("plain", "cat")] * 10
+    )
+    config = noise.NoiseConfig(etas=3, **TINY)
+    result = noise.run(
+        tiny_pipeline, "van gogh", "style", config, seed=0, judges=TableJudges(table), progress=False
+    )
+    assert result.asr == 30.0 and result.control_asr == 0.0
+    assert result.details["best_eta"] == pytest.approx(1.425)
+    assert list(result.details["asr_by_eta"].values()) == [0.0, 30.0, 0.0]
+
+
+def test_relearn_fine_tunes_copies_and_finds_the_touched_parameters(
+    tiny_pipeline, tiny_pipeline_dir, random_judges
+):
+    from tests.helpers import fresh
+
+    base = fresh(tiny_pipeline_dir)
+    name = "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    with torch.no_grad():
+        dict(tiny_pipeline.unet.named_parameters())[name].add_(0.01)
+    assert relearn.touched_parameters(tiny_pipeline.unet, base.unet) == [name]
+    before = {k: v.clone() for k, v in all_tensors(tiny_pipeline).items()}
+    config = relearn.RelearnConfig(images=4, checkpoints=[0, 1, 2], batch_size=2, **TINY)
+    result = relearn.run(
+        tiny_pipeline, "van gogh", "style", config, 0, random_judges, progress=False, base=base
+    )
+    after = all_tensors(tiny_pipeline)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert set(result.details["asr_curves"]) == {"touched", "unet", "benign"}
+    assert all(list(c) == ["0", "1", "2"] for c in result.details["asr_curves"].values())
+    assert result.details["touched_parameters"] == 1
+    assert result.control_asr == result.details["asr_curves"]["unet"]["0"]
+
+
+def test_steps_to_50_is_the_first_measured_step_at_or_above_50():
+    assert relearn.steps_to({0: 0.0, 10: 40.0, 25: 50.0, 50: 90.0}) == 25
+    assert relearn.steps_to({0: 0.0, 10: 49.9}) is None
+    assert relearn.steps_to({0: 80.0, 10: 20.0}) == 0
+
+
+def test_the_probe_separates_what_is_separable_and_only_that():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([1] * 100 + [0] * 100)
+    separable = torch.randn(200, 8, generator=generator)
+    separable[:, 3] += 4.0 * (labels * 2 - 1)  # one feature puts the classes 8 standard deviations apart
+    train, test = torch.arange(0, 200, 2), torch.arange(1, 200, 2)
+    predict = probe.fit_probe(separable[train], labels[train])
+    assert probe.accuracy(predict(separable[test]), labels[test]) == 100.0
+    noise_only = torch.randn(200, 8, generator=generator)  # features independent of the labels
+    predict = probe.fit_probe(noise_only[train], labels[train])
+    assert 35.0 <= probe.accuracy(predict(noise_only[test]), labels[test]) <= 65.0
+
+
+def test_probe_of_a_model_against_itself_sees_no_change(tiny_pipeline, tiny_pipeline_dir, random_judges):
+    from tests.helpers import fresh
+
+    config = probe.ProbeConfig(images=8, probe_steps=50, **TINY)
+    result = probe.run(
+        tiny_pipeline,
+        "van gogh",
+        "style",
+        config,
+        0,
+        random_judges,
+        progress=False,
+        base=fresh(tiny_pipeline_dir),
+    )
+    accuracy = result.details["probe_accuracy"]
+    assert accuracy["base"] == accuracy["erased"]
+    assert set(result.details["relative_weight_change"].values()) == {0.0}
+    for similarity in result.details["activation_similarity"].values():
+        assert similarity["concept"] == pytest.approx(1.0) and similarity["other"] == pytest.approx(1.0)
+
+
+def test_every_attack_refuses_a_budget_of_zero():
+    for name, attack in ATTACKS.items():
+        field = {
+            "inversion": "steps",
+            "uda": "iterations",
+            "soft": "iterations",
+            "noise": "etas",
+            "relearn": "images",
+            "probe": "images",
+        }[name]
+        with pytest.raises(ValueError, match="at least 1"):
+            attack.Config(**{field: 0}).check()
+
+
+def test_object_concepts_use_every_style(tiny_pipeline, random_judges):
+    config = inversion.InversionConfig(images=4, steps=1, batch_size=2, **TINY)
+    result = inversion.run(
+        tiny_pipeline, "tree", "object", config, seed=0, judges=random_judges, progress=False
+    )
+    assert len(result.prompts) == len(STYLES) and "a <v>" in result.prompts[0]
