@@ -73,7 +73,9 @@ def parse_budget(items: list[str], attacks: list[str]) -> dict[str, object]:
             else:
                 parsed = type(default)(value)
         except ValueError:
-            raise UsageError(f"--budget {item!r}: {value!r} is not a {type(default).__name__}.") from None
+            raise UsageError(
+                f"--budget {item!r}: {value!r} is not a valid {type(default).__name__}."
+            ) from None
         overrides[name][field_name] = parsed
     configs = {}
     for name in attacks:

@@ -8,16 +8,10 @@ checked when the config is made. The engine reads these fields directly.
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar, Literal
 
-
-def option(default, help: str):
-    """A dataclass field with its default and its one-line documentation (`Config.help()` lists them)."""
-    kwargs = (
-        {"default_factory": lambda: default} if isinstance(default, list | dict) else {"default": default}
-    )
-    return field(metadata={"help": help}, **kwargs)
+from erasure.options import option
 
 
 @dataclass

@@ -26,7 +26,7 @@ from erasure.canvas.world import (
     STYLES,
     caption,
 )
-from erasure.methods.config import option
+from erasure.options import option
 from pipelines.diffusion import diffusion_target, tokenize
 
 # Real renders for attackers come from seeds no model of the repository was trained or checked on (training uses
@@ -309,6 +309,17 @@ def judge(judges, images: torch.Tensor, concept: str, kind: str) -> tuple[list[b
     styles, objects = judges.predict(images)
     hits = [(s if kind == "style" else o) == concept for s, o in zip(styles, objects)]
     return hits, [f"{s} / {o}" for s, o in zip(styles, objects)]
+
+
+def attacked_and_control(pipe, judges, concept, kind, ids, mask, learnt, start, seeds, config):
+    """Generate the slot prompts with the learnt embeddings and with their starting point (the control), same
+    seeds; judge both. Returns (attacked images, their verdicts, ASR, control ASR)."""
+    with torch.no_grad():
+        attacked = generate(pipe, encode_with_slots(pipe.text_encoder, ids, mask, learnt), seeds, config)
+        control = generate(pipe, encode_with_slots(pipe.text_encoder, ids, mask, start), seeds, config)
+    hits, verdicts = judge(judges, attacked, concept, kind)
+    control_hits, _ = judge(judges, control, concept, kind)
+    return attacked, verdicts, success_rate(hits), success_rate(control_hits)
 
 
 def success_rate(hits: list[bool]) -> float:

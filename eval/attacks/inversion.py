@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from erasure.methods.config import option
+from erasure.options import option
 from eval.attacks.base import (
     SLOT,
     AttackConfig,
     AttackResult,
     Clock,
     asr_definition,
+    attacked_and_control,
     concept_renders,
     denoising_loss,
     encode_images,
@@ -29,11 +30,8 @@ from eval.attacks.base import (
     fill,
     fixed_loss,
     frozen,
-    generate,
-    judge,
     slot_ids,
     slot_templates,
-    success_rate,
     training_scheduler,
 )
 
@@ -106,17 +104,13 @@ def run(
             prompts.append(caption_with_slot(kind, style, obj, 0))
             seeds.append(s)
     ids, mask = slot_ids(pipe.tokenizer, prompts)
-    with torch.no_grad():
-        attacked = generate(
-            pipe, encode_with_slots(pipe.text_encoder, ids, mask, vector[None]), seeds, config
-        )
-        control = generate(pipe, encode_with_slots(pipe.text_encoder, ids, mask, start[None]), seeds, config)
-    hits, verdicts = judge(judges, attacked, concept, kind)
-    control_hits, _ = judge(judges, control, concept, kind)
+    attacked, verdicts, asr, control_asr = attacked_and_control(
+        pipe, judges, concept, kind, ids, mask, vector.detach()[None], start[None], seeds, config
+    )
     return AttackResult(
         attack="inversion",
-        asr=success_rate(hits),
-        control_asr=success_rate(control_hits),
+        asr=asr,
+        control_asr=control_asr,
         seconds=clock.seconds(),
         prompts=[p.replace(SLOT, "<v>") for p in prompts],
         images=attacked,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from erasure.canvas.world import caption
-from erasure.methods.config import option
+from erasure.options import option
 from eval.attacks.base import (
     AttackConfig,
     AttackResult,

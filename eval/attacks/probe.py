@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from erasure.canvas.world import caption
-from erasure.methods.config import option
+from erasure.options import option
 from eval.attacks.base import (
     AttackConfig,
     AttackResult,

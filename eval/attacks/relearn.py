@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from erasure.canvas.world import caption, random_caption
-from erasure.methods.config import option
+from erasure.options import option
 from eval.attacks.base import (
     AttackConfig,
     AttackResult,

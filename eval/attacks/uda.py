@@ -18,13 +18,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from erasure.methods.config import option
+from erasure.options import option
 from eval.attacks.base import (
     SLOT,
     AttackConfig,
     AttackResult,
     Clock,
     asr_definition,
+    attacked_and_control,
     concept_renders,
     denoising_loss,
     encode_images,
@@ -32,11 +33,8 @@ from eval.attacks.base import (
     eval_pairs,
     fixed_loss,
     frozen,
-    generate,
-    judge,
     nearest_tokens,
     slot_ids,
-    success_rate,
     training_scheduler,
     vocabulary_embeddings,
     without_concept,
@@ -105,21 +103,9 @@ def optimise_prefix(
     )
     seeds = [s for _ in pairs for s in range(config.eval_seeds)]
     repeat = torch.arange(len(pairs)).repeat_interleave(config.eval_seeds)
-    with torch.no_grad():
-        attacked = generate(
-            pipe,
-            encode_with_slots(pipe.text_encoder, ids[repeat], mask[repeat], final[repeat]),
-            seeds,
-            config,
-        )
-        control = generate(
-            pipe,
-            encode_with_slots(pipe.text_encoder, ids[repeat], mask[repeat], start[repeat]),
-            seeds,
-            config,
-        )
-    hits, verdicts = judge(judges, attacked, concept, kind)
-    control_hits, _ = judge(judges, control, concept, kind)
+    attacked, verdicts, asr, control_asr = attacked_and_control(
+        pipe, judges, concept, kind, ids[repeat], mask[repeat], final[repeat], start[repeat], seeds, config
+    )
     if project:
         final_ids = nearest_tokens(final, vocab_ids, vocab)
         words = [pipe.tokenizer.decode(row) for row in final_ids]
@@ -129,8 +115,8 @@ def optimise_prefix(
         prompts = [slots + " " + t.replace(SLOT, "").strip() for t in texts]
     return AttackResult(
         attack=name,
-        asr=success_rate(hits),
-        control_asr=success_rate(control_hits),
+        asr=asr,
+        control_asr=control_asr,
         seconds=clock.seconds(),
         prompts=[p for p in prompts for _ in range(config.eval_seeds)],
         images=attacked,

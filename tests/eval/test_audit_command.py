@@ -27,7 +27,7 @@ TINY_BUDGET = [
     [
         (["--concept", "van gogh", "--attacks", "inversion,jailbreak"], "unknown attack jailbreak"),
         (["--concept", "van gogh", "--budget", "inversion.steps=0"], "must be at least 1"),
-        (["--concept", "van gogh", "--budget", "uda.tokens=x"], "is not a int"),
+        (["--concept", "van gogh", "--budget", "uda.tokens=x"], "is not a valid int"),
         (
             ["--concept", "van gogh", "--attacks", "uda", "--budget", "noise.etas=3"],
             "which --attacks does not run",
