@@ -168,10 +168,22 @@ def audit(
     return record, results
 
 
-def oracle_record(oracle, base, concept, kind, configs, seed, judges, attacks) -> dict:
-    """The exact-unlearning reference: its static metrics against the base, and its relearning curve."""
+def oracle_record(
+    oracle,
+    base,
+    concept,
+    kind,
+    configs,
+    seed,
+    judges,
+    attacks,
+    settings=None,
+    cache_dir=ROOT / "cache" / "answers",
+) -> dict:
+    """The exact-unlearning reference: its static metrics against the base (eval.evaluate, `settings`), and its
+    relearning curve under the same budget as the erased models'."""
     numbers, _ = evaluate_erasure(
-        base, oracle, concept, kind, judges, settings=EvalSettings(), cache_dir=ROOT / "cache" / "answers"
+        base, oracle, concept, kind, judges, settings=settings or EvalSettings(), cache_dir=cache_dir
     )
     record = {k: numbers[k] for k in ("ua", "ira", "cra", "alias_ua", "fd", "base_fd")}
     if "relearn" in attacks:

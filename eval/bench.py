@@ -19,6 +19,8 @@ budgets and seed for every method; --budget attack.field=value changes a budget 
   attack-grids/<method>-<concept>.png  attacked samples, judge verdict under each
   robustness.json, robustness.md  every audit, ASR per attack beside the base model's and the controls
   plots/robustness-<attack>.png   mean ASR per method
+  attacks/oracle/<concept>.json   with --oracle FOLDER (erasure.train.sd --exclude C): the model that never knew
+                                  C, its static metrics and relearning curve, beside every method's in robustness.md
 --device (default: cuda when there is one) is where the pipeline and the judges run; the erasures run on the
 engine's Accelerator device. Bad input (unknown method or concept, a missing model or judges, an --out made with
 other settings, an unusable --device) prints one sentence and exits with code 2. A command: it orchestrates the
@@ -181,6 +183,63 @@ def erased_pipeline(base, folder: Path):
     return apply_delta(pipe, folder)
 
 
+def oracle_cell(base, oracle, concept, kind, judges, out, attack_configs, seed, settings) -> dict:
+    """The oracle's static metrics and relearning (eval.audit.oracle_record), cached as attacks/oracle/<concept>."""
+    from eval import audit
+
+    path = attack_path(out, "oracle", concept)
+    if path.exists():
+        return json.loads(path.read_text())
+    record = audit.oracle_record(
+        oracle,
+        base,
+        concept,
+        kind,
+        attack_configs,
+        seed,
+        judges,
+        list(attack_configs),
+        settings,
+        Path(out) / "cache",
+    )
+    record = jsonable({"concept": concept, **record})
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def reference_rows(records: dict, audits: dict, oracle_records: dict) -> list[dict]:
+    """For each concept with an oracle: the oracle's UA/IRA/CRA/FD and relearning steps, then every method's."""
+    rows = []
+    for concept, oracle in oracle_records.items():
+        rows.append(
+            {
+                "model": "oracle (never saw it)",
+                "concept": concept,
+                **{k: oracle[k] for k in ("ua", "ira", "cra", "fd")},
+                "steps to 50%": _steps(oracle.get("steps_to_50")),
+            }
+        )
+        for (method, c), record in records.items():
+            if c == concept:
+                steps = audits.get((method, c), {}).get("steps_to_50")
+                rows.append(
+                    {
+                        "model": method,
+                        "concept": concept,
+                        **{k: record[k] for k in ("ua", "ira", "cra", "fd")},
+                        "steps to 50%": _steps(steps),
+                    }
+                )
+    return rows
+
+
+def _steps(steps_to_50: dict | None) -> str:
+    if not steps_to_50:
+        return "n/a"
+    step = steps_to_50.get("unet")
+    return "never" if step is None else str(step)
+
+
 def run_audit_cell(base, method, concept, kind, judges, out, attack_configs: dict, seed: int) -> dict:
     """Audit the cell's erased pipeline (rebuilt from its delta) with every attack; write its JSON atomically."""
     from eval import audit
@@ -222,11 +281,13 @@ def run_bench(
     progress: bool = True,
     attack_configs: dict | None = None,
     machine: str = "",
+    oracles: dict | None = None,
 ) -> list[dict]:
     """Every (method, concept) cell (finished ones are loaded, not rerun), then results, tables, plots and grids.
 
     `configs` maps a method to its Config (or a dict of its fields) instead of its defaults. `attack_configs`
-    (attack name -> its Config) audits every cell too. Returns the records.
+    (attack name -> its Config) audits every cell too; `oracles` (concept -> a pipeline trained without it) adds
+    the exact-unlearning reference for those concepts. Returns the records.
     """
     from tqdm.auto import tqdm
 
@@ -249,7 +310,8 @@ def run_bench(
         check_settings(
             out, {"attacks": {n: asdict(c) for n, c in attack_configs.items()}}, name="attack_settings.json"
         )
-    audits = {}
+    audits, oracle_records = {}, {}
+    oracles = oracles or {}
     cells = [(m, c, k) for c, k in concepts for m in methods]
     done = sum(cell_path(out, m, c).exists() for m, c, _ in cells)
     records = {}
@@ -289,6 +351,10 @@ def run_bench(
                 )
                 asr = audits[method, concept]["asr"]
                 bar.write(f"{method} {concept} ASR: " + ", ".join(f"{n} {v:.0f}" for n, v in asr.items()))
+            if attack_configs and concept in oracles:
+                oracle_records[concept] = oracle_cell(
+                    base, oracles[concept], concept, kind, judges, out, attack_configs, seed, settings
+                )
             grid_path = out / "grids" / f"{slug(concept)}.png"
             if grids and not grid_path.exists():
                 pipes = {"original": base}
@@ -305,7 +371,8 @@ def run_bench(
             if audits:
                 done_audits = [audits[m, c] for c, _ in concepts for m in methods if (m, c) in audits]
                 meta = {"model": model, "command": command, "machine": machine, "seed": seed}
-                write_robustness(out, done_audits, list(attack_configs), meta)
+                references = reference_rows(records, audits, oracle_records)
+                write_robustness(out, done_audits, list(attack_configs), meta, references)
     return ordered
 
 
@@ -339,6 +406,12 @@ def parse_args(argv):
     )
     parser.add_argument("--attacks", help="also audit every cell: all, or a comma list of eval.attacks")
     parser.add_argument("--budget", action="append", default=[], help="with --attacks: attack.field=value")
+    parser.add_argument(
+        "--oracle",
+        action="append",
+        default=[],
+        help="with --attacks: a model trained without a concept (repeatable)",
+    )
     return parser.parse_args(argv)
 
 
@@ -390,9 +463,20 @@ def main(argv=None) -> int:
         except (RuntimeError, AssertionError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UsageError(f"--device {args.device!r} cannot be used here ({reason}).") from None
+        if args.oracle and not attack_configs:
+            raise UsageError("--oracle is a reference for the attacks: use it with --attacks.")
         try:
             base = load_pipeline(args.model).to(device)
             judges = load_judges(device)
+            oracles = {}
+            for folder in args.oracle:
+                info = Path(folder) / "oracle.json"
+                if not info.is_file():
+                    raise UsageError(
+                        f"{folder} has no oracle.json: train one with erasure.train.sd --exclude."
+                    )
+                pipe = load_pipeline(folder).to(device)
+                oracles.update({c: pipe for c in json.loads(info.read_text())["excluded"]})
         except (PipelineLoadError, FileNotFoundError) as err:
             raise UsageError(str(err)) from None
         run_bench(
@@ -408,6 +492,7 @@ def main(argv=None) -> int:
             grids=not args.no_grids,
             command="python -m eval.bench " + shlex.join(argv),
             attack_configs=attack_configs,
+            oracles=oracles,
             machine=machine_description(device, args.threads or max(1, min(2, os.cpu_count() or 1))),
         )
     except (UsageError, UnknownConceptError) as err:

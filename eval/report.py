@@ -432,7 +432,9 @@ def robustness_rows(audits: list[dict], attacks: list[str]) -> list[dict]:
     return rows
 
 
-def robustness_markdown(audits: list[dict], attacks: list[str], meta: dict) -> str:
+def robustness_markdown(
+    audits: list[dict], attacks: list[str], meta: dict, references: list[dict] | None = None
+) -> str:
     """docs/robustness.md's body: ASR table, mean ASR per method, controls, seconds, definitions."""
     parts = ["# Robustness: what survives an attacker", ""]
     if meta.get("command"):
@@ -457,6 +459,19 @@ def robustness_markdown(audits: list[dict], attacks: list[str], meta: dict) -> s
         )
         controls.append(row)
     parts += ["## Controls (%)", "", markdown_table(controls), ""]
+    if references:
+        parts += [
+            "## The exact-unlearning reference",
+            "",
+            (
+                "The oracle is canvas-sd trained with the shipped recipe on a world without the concept "
+                "(`python -m erasure.train.sd --exclude C`): the ceiling for the static metrics, and the floor for "
+                "relearning."
+            ),
+            "",
+            markdown_table(references),
+            "",
+        ]
     seconds = [{"method": a["method"], "concept": a["concept"], **a["seconds"]} for a in audits]
     parts += ["## Seconds per attack", "", markdown_table(seconds), ""]
     parts += ["## Definitions", ""]
@@ -470,12 +485,19 @@ def robustness_markdown(audits: list[dict], attacks: list[str], meta: dict) -> s
     return "\n".join(parts) + "\n"
 
 
-def write_robustness(out: Path, audits: list[dict], attacks: list[str], meta: dict) -> None:
+def write_robustness(
+    out: Path, audits: list[dict], attacks: list[str], meta: dict, references: list[dict] | None = None
+) -> None:
     """robustness.json, robustness.md and plots/robustness-<attack>.png (mean ASR per method), atomically."""
     out = Path(out)
-    document = {**meta, "definitions": ROBUSTNESS_DEFINITIONS, "audits": audits}
+    document = {
+        **meta,
+        "definitions": ROBUSTNESS_DEFINITIONS,
+        "audits": audits,
+        "references": references or [],
+    }
     write_atomic(out / "robustness.json", json.dumps(jsonable(document), indent=2) + "\n")
-    write_atomic(out / "robustness.md", robustness_markdown(audits, attacks, meta))
+    write_atomic(out / "robustness.md", robustness_markdown(audits, attacks, meta, references))
     methods = list(dict.fromkeys(a["method"] for a in audits))
     for attack in attacks:
         if attack == "probe":

@@ -124,6 +124,7 @@ def test_bench_attacks_audit_every_cell_once(tiny_pipeline, random_judges, tmp_p
             "inversion": inversion.InversionConfig(images=2, steps=1, batch_size=2, **tiny),
             "noise": noise.NoiseConfig(etas=2, **tiny),
         },
+        "oracles": {"van gogh": tiny_pipeline},  # stands in for a model trained without van gogh
     }
     bench.run_bench(tiny_pipeline, **kwargs)
     out = tmp_path / "bench"
@@ -133,6 +134,9 @@ def test_bench_attacks_audit_every_cell_once(tiny_pipeline, random_judges, tmp_p
     assert "| base | van gogh |" in table and "| uce | van gogh |" in table and "## Controls (%)" in table
     assert json.loads((out / "robustness.json").read_text())["audits"][0]["asr"] == cell["asr"]
     assert Image.open(out / "plots" / "robustness-inversion.png").size[0] > 100
+    assert "## The exact-unlearning reference" in table and "| oracle (never saw it) | van gogh |" in table
+    oracle = json.loads((out / "attacks" / "oracle" / "van-gogh.json").read_text())
+    assert 0 <= oracle["ua"] <= 100 and {"ua", "ira", "cra", "fd"} <= set(oracle)
 
     def no_attacking(*args, **kwargs):
         raise AssertionError("a finished audit cell was attacked again")
