@@ -245,17 +245,36 @@ def audit_rows(record: dict) -> list[dict]:
     return rows
 
 
-def audit_section(record: dict, grid) -> str:
-    """An HTML fragment: the ASR table, the probe, the oracle, the samples grid."""
-    parts = [f"<h2>Attack audit: '{escape(record['concept'])}'</h2>", html_table(audit_rows(record))]
+def audit_extras(record: dict) -> str:
+    """HTML for the probe, the relearning steps (with the oracle's) and the per-block change map."""
+    parts = []
     if record.get("probe_accuracy"):
         parts.append(html_table([{"probe": "linear probe accuracy (%)", **record["probe_accuracy"]}]))
     if record.get("steps_to_50"):
-        row = {"model": "erased", **record["steps_to_50"]}
-        rows = [row]
+        rows = [{"model": "erased", **record["steps_to_50"]}]
         if record.get("oracle", {}).get("steps_to_50"):
             rows.append({"model": "oracle", **record["oracle"]["steps_to_50"]})
         parts.append("<h3>Relearning: steps to 50% ASR</h3>" + html_table(rows))
+    probe = record["attacks"].get("probe")
+    if probe:
+        details = probe["details"]
+        rows = [
+            {
+                "block": block,
+                "relative weight change": change,
+                "activation cos, concept": details["activation_similarity"][block]["concept"],
+                "activation cos, other": details["activation_similarity"][block]["other"],
+            }
+            for block, change in details["relative_weight_change"].items()
+        ]
+        parts.append("<h3>Where the erasure changed the UNet</h3>" + html_table(rows))
+    return "\n".join(parts)
+
+
+def audit_section(record: dict, grid) -> str:
+    """An HTML fragment for a run's report: the ASR table, the extras, the samples grid."""
+    parts = [f"<h2>Attack audit: '{escape(record['concept'])}'</h2>", html_table(audit_rows(record))]
+    parts.append(audit_extras(record))
     if grid is not None:
         parts.append(
             f'<figure><img src="{png_data_uri(grid)}" alt="attacked samples"><figcaption>'
@@ -326,6 +345,7 @@ def main(argv=None) -> int:
             audit_rows(record),
             record["definitions"],
             images={"attacked samples": grid} if grid is not None else None,
+            html=audit_extras(record),
         )
     if args.json:
         print(json.dumps(record))

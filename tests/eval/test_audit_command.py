@@ -100,3 +100,5 @@ def test_the_audit_writes_every_attack_and_prints_the_same_json(
         and (out / "embeddings.safetensors").is_file()
     )
     assert len(list((tmp_path / "cache").iterdir())) == len(optimising)
+    page = (out / "audit.html").read_text()
+    assert "Where the erasure changed the UNet" in page and "steps to 50% ASR" in page
