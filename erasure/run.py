@@ -355,6 +355,15 @@ def main(argv=None) -> int:
     what = "generator" if args.model == GAN_MODEL else "pipeline"
     print(f"erased {what} written to {out / what}")
     print(format_numbers(metrics, metrics["definitions"]))
+    for path in sorted((out / "audit").glob("*/audit.json")):
+        record = json.loads(path.read_text())
+        attacks = ", ".join(
+            f"{name} {asr:.0f} (base {record['base_asr'][name]:.0f}, control {record['control_asr'][name]:.0f})"
+            for name, asr in record["asr"].items()
+        )
+        print(
+            f"audit of '{record['concept']}', ASR %: {attacks}   ({path.relative_to(out)} has the definitions)"
+        )
     return 0
 
 
