@@ -390,11 +390,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
         cells = [row.get(k, "") for k in keys]
-        lines.append(
-            "| "
-            + " | ".join(format_value(float(c)) if isinstance(c, int | float) else str(c) for c in cells)
-            + " |"
-        )
+        lines.append("| " + " | ".join(format_value(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
