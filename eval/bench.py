@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import shlex
 import shutil
@@ -216,18 +217,20 @@ def reference_rows(records: dict, audits: dict, oracle_records: dict) -> list[di
                 "model": "oracle (never saw it)",
                 "concept": concept,
                 **{k: oracle[k] for k in ("ua", "ira", "cra", "fd")},
+                "relearn ASR": oracle.get("relearn", {}).get("asr", math.nan),
                 "steps to 50%": _steps(oracle.get("steps_to_50")),
             }
         )
         for (method, c), record in records.items():
             if c == concept:
-                steps = audits.get((method, c), {}).get("steps_to_50")
+                audited = audits.get((method, c), {})
                 rows.append(
                     {
                         "model": method,
                         "concept": concept,
                         **{k: record[k] for k in ("ua", "ira", "cra", "fd")},
-                        "steps to 50%": _steps(steps),
+                        "relearn ASR": audited.get("asr", {}).get("relearn", math.nan),
+                        "steps to 50%": _steps(audited.get("steps_to_50")),
                     }
                 )
     return rows
