@@ -40,7 +40,7 @@ from erasure.files import atomic_folder, write_atomic
 from eval.attacks import ATTACKS
 from eval.evaluate import EvalSettings, evaluate_erasure, pipeline_fingerprint
 from eval.grid import image_grid
-from eval.report import html_table, jsonable, png_data_uri, write_report
+from eval.report import html_table, jsonable, machine_description, png_data_uri, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "cache" / "audit"
@@ -328,6 +328,7 @@ def main(argv=None) -> int:
     if oracle is None:
         record.pop("oracle")
     record["wall_seconds"] = round(time.time() - start, 1)
+    record["machine"] = machine_description(pipe.device, torch.get_num_threads())
     record = jsonable(record)
     grid = samples_grid(results)
     from safetensors.torch import save_file

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from erasure.canvas.world import ARTIST_STYLES, OBJECTS, UnknownConceptError, canonical
 from erasure.files import slug, write_atomic
-from eval.report import DEFINITIONS, jsonable, save_png, write_results, write_robustness
+from eval.report import DEFINITIONS, jsonable, machine_description, save_png, write_results, write_robustness
 
 
 class UsageError(Exception):
@@ -377,17 +377,6 @@ def run_bench(
                 references = reference_rows(records, audits, oracle_records)
                 write_robustness(out, done_audits, list(attack_configs), meta, references)
     return ordered
-
-
-def machine_description(device, threads: int) -> str:
-    """The machine the numbers were measured on, in words: the GPU's name, or the CPU and its thread count."""
-    import platform
-
-    import torch
-
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} ({torch.cuda.device_count()} visible)"
-    return f"CPU ({platform.processor() or platform.machine()}), {threads} torch thread(s), {os.cpu_count()} cores"
 
 
 # --- command line ------------------------------------------------------------------------------------------------

@@ -503,3 +503,15 @@ def write_robustness(
         }
         values["base"] = _mean(a["base_asr"].get(attack, math.nan) for a in audits)
         save_png(bar_chart(f"{attack}: mean ASR (%)", values), out / "plots" / f"robustness-{attack}.png")
+
+
+def machine_description(device, threads: int) -> str:
+    """The machine the numbers were measured on, in words: the GPU's name, or the CPU and its thread count."""
+    import os
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({torch.cuda.device_count()} visible)"
+    return f"CPU ({platform.processor() or platform.machine()}), {threads} torch thread(s), {os.cpu_count()} cores"
