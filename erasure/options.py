@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import field, fields
 
 
 def option(default, help: str):
@@ -12,3 +12,8 @@ def option(default, help: str):
         {"default_factory": lambda: default} if isinstance(default, list | dict) else {"default": default}
     )
     return field(metadata={"help": help}, **kwargs)
+
+
+def options_help(config_class) -> dict[str, str]:
+    """Every field's one-line documentation, by name, for a dataclass whose fields were made with `option`."""
+    return {f.name: f.metadata.get("help", "") for f in fields(config_class)}

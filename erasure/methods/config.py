@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, fields, replace
 from typing import ClassVar, Literal
 
-from erasure.options import option
+from erasure.options import option, options_help
 
 
 @dataclass
@@ -47,7 +47,7 @@ class MethodConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         """Every field's documentation, by name."""
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+        return options_help(cls)
 
     @classmethod
     def sd(cls, kind: str = "style"):

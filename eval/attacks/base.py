@@ -26,7 +26,7 @@ from erasure.canvas.world import (
     STYLES,
     caption,
 )
-from erasure.options import option
+from erasure.options import option, options_help
 from pipelines.diffusion import diffusion_target, tokenize
 
 # Real renders for attackers come from seeds no model of the repository was trained or checked on (training uses
@@ -53,7 +53,8 @@ class AttackConfig:
 
     @classmethod
     def help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+        """Every field's documentation, by name."""
+        return options_help(cls)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from eval.attacks.base import (
 class InversionConfig(AttackConfig):
     """Pham et al. train SD 1.4's textual inversion for 1000-5000 steps at lr 5e-3 on 6-25 images; the canvas
     budget (fewer steps on more images, the Canvas world being small) is named here and measured in
-    docs/robustness.md."""
+    docs/attacks.md."""
 
     images: int = option(200, "real renders of the concept the attacker trains on (fresh seeds)")
     steps: int = option(150, "optimisation steps of the new word embedding")

@@ -44,7 +44,7 @@ from eval.attacks.base import (
 @dataclass
 class UDAConfig(AttackConfig):
     """The paper's defaults: 3 tokens for styles and objects (5 for nudity), 40 iterations at lr 0.01 per target
-    image. `iterations` is the canvas budget, measured in docs/robustness.md."""
+    image. `iterations` is the canvas budget, measured in docs/attacks.md."""
 
     tokens: int = option(
         3, "adversarial tokens put in front of the prompt (the paper: 3 styles/objects, 5 nudity)"
