@@ -124,6 +124,12 @@ def cached_base_run(name: str, base, concept: str, kind: str, config, seed: int,
     return record
 
 
+# Attacks without a run on the base model: the probe reads the base's features itself, and relearning the base,
+# which already draws the concept (its control is the base's own ASR), would teach it nothing; relearn's reference
+# is the oracle, the model that never knew the concept.
+NO_BASE_RUN = ("probe", "relearn")
+
+
 def audit(
     pipe,
     base,
@@ -141,7 +147,7 @@ def audit(
     for name in attacks:
         result = ATTACKS[name].run(pipe, concept, kind, configs[name], seed, judges, base=base)
         results[name], records[name] = result, summary(result)
-        if name != "probe":
+        if name not in NO_BASE_RUN:
             base_records[name] = cached_base_run(
                 name, base, concept, kind, configs[name], seed, judges, cache
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def answer_set(
     )
     if key is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        tmp = Path(cache_dir) / f"{key}.tmp"
+        tmp = Path(cache_dir) / f"{key}.{os.getpid()}.tmp"  # parallel benches may write the same key
         torch.save(vars(result), tmp)
         tmp.replace(Path(cache_dir) / f"{key}.pt")
     return result

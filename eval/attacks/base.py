@@ -27,6 +27,7 @@ from erasure.canvas.world import (
     caption,
 )
 from erasure.options import option, options_help
+from eval.judges.models import world_prompt
 from pipelines.diffusion import diffusion_target, tokenize
 
 # Real renders for attackers come from seeds no model of the repository was trained or checked on (training uses
@@ -138,10 +139,17 @@ def training_scheduler(pipe) -> DDPMScheduler:
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def denoising_loss(unet, scheduler, latents, hidden, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample diffusion loss |unet(x_t, t, hidden) - target|^2 at one random timestep and noise per sample."""
+def denoising_loss(
+    unet, scheduler, latents, hidden, generator: torch.Generator, timestep: int | None = None
+) -> torch.Tensor:
+    """Per-sample diffusion loss |unet(x_t, t, hidden) - target|^2 with fresh noise per sample, at one random
+    timestep per sample, or at `timestep` for all."""
     n = len(latents)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator).to(latents.device)
+    if timestep is None:
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
+    else:
+        t = torch.full((n,), timestep, dtype=torch.long)
+    t = t.to(latents.device)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
     pred = unet(noisy, t, hidden).sample.float()
@@ -233,9 +241,10 @@ def vocabulary_embeddings(text_encoder, tokenizer) -> tuple[torch.Tensor, torch.
 
 
 def nearest_tokens(vectors: torch.Tensor, vocab_ids: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
-    """The vocabulary token nearest (Euclidean) to each of `vectors` (..., d): their ids."""
-    distances = torch.cdist(vectors.reshape(-1, vectors.shape[-1]).float(), vocab.to(vectors.device))
-    return vocab_ids[distances.argmin(1).cpu()].reshape(vectors.shape[:-1])
+    """The vocabulary token most similar (cosine, as UnlearnDiffAtk projects) to each of `vectors` (..., d): ids."""
+    flat = torch.nn.functional.normalize(vectors.reshape(-1, vectors.shape[-1]).float(), dim=-1)
+    similarity = flat @ torch.nn.functional.normalize(vocab.to(vectors.device).float(), dim=-1).T
+    return vocab_ids[similarity.argmax(1).cpu()].reshape(vectors.shape[:-1])
 
 
 # ---- the world's prompts ----------------------------------------------------------------------------------------
@@ -310,6 +319,25 @@ def judge(judges, images: torch.Tensor, concept: str, kind: str) -> tuple[list[b
     styles, objects = judges.predict(images)
     hits = [(s if kind == "style" else o) == concept for s, o in zip(styles, objects)]
     return hits, [f"{s} / {o}" for s, o in zip(styles, objects)]
+
+
+@torch.no_grad()
+def clip_concept_probability(judges, images: torch.Tensor, concept: str, kind: str, pairs) -> torch.Tensor:
+    """The attacker's own check of its images, apart from the ruler's judges: judge-clip's zero-shot probability
+    that image i, made for pairs[i] = (style, object), shows the concept rather than another of its kind (every
+    style with the pair's object, or every object with the pair's style)."""
+    image_emb = judges.clip_image(images)
+    scale = float(judges.clip.logit_scale.exp())
+    names = STYLES if kind == "style" else OBJECTS
+    text_emb = {}  # the candidate texts depend only on the pair's other axis
+    probabilities = []
+    for emb, (style, obj) in zip(image_emb, pairs):
+        other = obj if kind == "style" else style
+        if other not in text_emb:
+            texts = [world_prompt(n, obj) if kind == "style" else world_prompt(style, n) for n in names]
+            text_emb[other] = judges.clip_text(texts)
+        probabilities.append((scale * text_emb[other] @ emb).softmax(0)[names.index(concept)])
+    return torch.stack(probabilities).cpu()
 
 
 def attacked_and_control(pipe, judges, concept, kind, ids, mask, learnt, start, seeds, config):

@@ -71,13 +71,16 @@ def test_asr_is_the_judge_tables_share():
     "module, config",
     [
         (inversion, inversion.InversionConfig(images=8, steps=12, batch_size=4, lr=0.05, **TINY)),
-        (uda, uda.UDAConfig(iterations=12, lr=0.05, **TINY)),
-        (soft, soft.SoftConfig(iterations=12, lr=0.05, **TINY)),
+        (uda, uda.UDAConfig(timesteps=3, iterations=4, lr=0.05, check_steps=1, **TINY)),
+        (soft, soft.SoftConfig(timesteps=3, iterations=4, lr=0.05, check_steps=1, **TINY)),
     ],
 )
 def test_prompt_attacks_lower_their_loss_and_change_only_their_own_variables(
-    tiny_pipeline, random_judges, module, config
+    tiny_pipeline, random_judges, module, config, monkeypatch
 ):
+    # uda and soft keep the tokens of their best check: make each check better than the last, so the kept tokens
+    # are the final ones and their loss is the optimisation's
+    monkeypatch.setattr(uda, "clip_concept_probability", RisingChecks())
     with torch.no_grad():  # a random tiny UNet barely listens to its prompt; make the text matter
         for n, p in tiny_pipeline.unet.named_parameters():
             if "attn2.to_out" in n:
@@ -96,8 +99,100 @@ def test_prompt_attacks_lower_their_loss_and_change_only_their_own_variables(
     assert result.embeddings is not None and result.definition.startswith("ASR:")
 
 
+class RisingChecks:
+    """A stand-in for the attacker's judge-clip check: every row of call n scores n / 100 (never a win)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, judges, images, concept, kind, pairs):
+        self.calls.append(list(pairs))
+        return torch.full((len(pairs),), len(self.calls) / 100)
+
+
+def test_uda_schedule_walks_evenly_spaced_timesteps_lowest_first():
+    assert uda.timestep_schedule(4, 1000) == [125, 375, 625, 875]
+    assert uda.timestep_schedule(50, 1000)[:3] == [10, 30, 50]  # the paper's 50
+
+
+class FixedClip:
+    """judge-clip stand-in: every image embeds as e0; 'a cat in van gogh style' and 'a tree in monet style' as e0,
+    every other text as e1; logit scale 2."""
+
+    def __init__(self):
+        self.clip = torch.nn.Module()
+        self.clip.logit_scale = torch.nn.Parameter(torch.tensor(2.0).log())
+
+    def clip_image(self, images):
+        return torch.eye(2)[[0] * len(images)]
+
+    def clip_text(self, texts):
+        hits = ("a cat in van gogh style", "a tree in monet style")
+        return torch.eye(2)[[0 if t in hits else 1 for t in texts]]
+
+
+def test_the_attackers_check_is_judge_clips_zero_shot_probability_by_hand():
+    from eval.attacks.base import clip_concept_probability
+
+    images = torch.zeros(2, 3, 8, 8)
+    # style: 13 candidate styles with the pair's object; the concept's text scores 2, the 12 others 0
+    style = clip_concept_probability(FixedClip(), images, "van gogh", "style", [("van gogh", "cat")] * 2)
+    expected = torch.e**2 / (torch.e**2 + 12)
+    assert torch.allclose(style, torch.tensor([expected, expected]), atol=1e-6)  # 0.3811
+    # object: 10 candidate objects with the pair's style; 'tree' scores 2, the 9 others 0
+    obj = clip_concept_probability(FixedClip(), images[:1], "tree", "object", [("monet", "tree")])
+    assert obj.item() == pytest.approx(torch.e**2 / (torch.e**2 + 9), abs=1e-6)  # 0.4509
+    # another object's reading: its text is not a hit, so every candidate scores 0 but 'tree' (which scores 2)
+    cat = clip_concept_probability(FixedClip(), images[:1], "cat", "object", [("monet", "tree")])
+    assert cat.item() == pytest.approx(1 / (torch.e**2 + 9), abs=1e-6)
+
+
+def test_prompt_attacks_keep_the_embeddings_of_their_best_check_and_stop_on_a_win(
+    tiny_pipeline, random_judges, monkeypatch
+):
+    # soft, whose embeddings move every iteration (uda's projected tokens may not), through the loop uda shares
+    class Checks(RisingChecks):
+        # call 1: target 0 wins (0.9), the others score 0.3; call 2: 0.4 (better); call 3 on: 0.1 (worse)
+        def __call__(self, judges, images, concept, kind, pairs):
+            super().__call__(judges, images, concept, kind, pairs)
+            n = len(self.calls)
+            scores = torch.full((len(pairs),), {1: 0.3, 2: 0.4}.get(n, 0.1))
+            if n == 1:
+                scores[0] = 0.9
+            return scores
+
+    seen_hidden = []
+    real_generate = uda.generate
+
+    def recording_generate(pipe, hidden, seeds, config, *args, **kwargs):
+        seen_hidden.append(hidden.clone())
+        return real_generate(pipe, hidden, seeds, config, *args, **kwargs)
+
+    checks = Checks()
+    monkeypatch.setattr(uda, "clip_concept_probability", checks)
+    monkeypatch.setattr(uda, "generate", recording_generate)
+    config = soft.SoftConfig(timesteps=4, iterations=1, lr=0.05, check_steps=1, **TINY)
+    result = soft.run(
+        tiny_pipeline, "van gogh", "style", config, seed=0, judges=random_judges, progress=False
+    )
+    # target 0 won at the first check and was never optimised or checked again; the others ran every timestep
+    assert len(checks.calls) == 4 and len(checks.calls[0]) == len(OBJECTS)
+    assert all(len(c) == len(OBJECTS) - 1 and ("van gogh", OBJECTS[0]) not in c for c in checks.calls[1:])
+    assert result.details["check_probability"] == [0.9] + [0.4] * (len(OBJECTS) - 1)
+    # the kept tokens are the ones each target's best check was drawn from: check 1 for target 0, check 2 else
+    from eval.attacks.base import encode_with_slots, slot_ids
+
+    texts = [f"{SLOT} {SLOT} {SLOT} " + without_concept("van gogh", "style", "van gogh", o) for o in OBJECTS]
+    ids, mask = slot_ids(tiny_pipeline.tokenizer, texts)
+    with torch.no_grad():
+        kept = encode_with_slots(tiny_pipeline.text_encoder, ids, mask, result.embeddings)
+    assert torch.allclose(kept[0], seen_hidden[0][0], atol=1e-6)
+    assert torch.allclose(kept[1:], seen_hidden[1], atol=1e-6)
+    assert not torch.allclose(kept[1:], seen_hidden[3], atol=1e-6)  # not simply the last
+
+
 def test_uda_prompts_are_vocabulary_tokens(tiny_pipeline, random_judges):
-    config = uda.UDAConfig(iterations=2, **TINY)
+    config = uda.UDAConfig(timesteps=2, iterations=1, check_steps=1, **TINY)
     result = uda.run(tiny_pipeline, "van gogh", "style", config, seed=0, judges=random_judges, progress=False)
     vocab = tiny_pipeline.text_encoder.get_input_embeddings().weight.detach()
     for row in result.embeddings:
