@@ -24,7 +24,7 @@ budgets and seed for every method; --budget attack.field=value changes a budget 
 --device (default: cuda when there is one) is where the pipeline and the judges run; the erasures run on the
 engine's Accelerator device. Bad input (unknown method or concept, a missing model or judges, an --out made with
 other settings, an unusable --device) prints one sentence and exits with code 2. A command: it orchestrates the
-engine and the evaluation library; the tables and plots are eval.report's.
+engine and the evaluation library; the tables and plots are eval.report's and eval.robustness's.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import shlex
 import shutil
@@ -42,7 +41,8 @@ from pathlib import Path
 
 from erasure.canvas.world import ARTIST_STYLES, OBJECTS, UnknownConceptError, canonical
 from erasure.files import slug, write_atomic
-from eval.report import DEFINITIONS, jsonable, machine_description, save_png, write_results, write_robustness
+from eval.report import DEFINITIONS, jsonable, machine_description, save_png, write_results
+from eval.robustness import reference_rows, write_robustness
 
 
 class UsageError(Exception):
@@ -206,41 +206,6 @@ def oracle_cell(base, oracle, concept, kind, judges, out, attack_configs, seed, 
     record = jsonable({"concept": concept, **record})
     write_atomic(path, json.dumps(record, indent=2) + "\n")
     return record
-
-
-def reference_rows(records: dict, audits: dict, oracle_records: dict) -> list[dict]:
-    """For each concept with an oracle: the oracle's UA/IRA/CRA/FD and relearning steps, then every method's."""
-    rows = []
-    for concept, oracle in oracle_records.items():
-        rows.append(
-            {
-                "model": "oracle (never saw it)",
-                "concept": concept,
-                **{k: oracle[k] for k in ("ua", "ira", "cra", "fd")},
-                "relearn ASR": oracle.get("relearn", {}).get("asr", math.nan),
-                "steps to 50%": _steps(oracle.get("steps_to_50")),
-            }
-        )
-        for (method, c), record in records.items():
-            if c == concept:
-                audited = audits.get((method, c), {})
-                rows.append(
-                    {
-                        "model": method,
-                        "concept": concept,
-                        **{k: record[k] for k in ("ua", "ira", "cra", "fd")},
-                        "relearn ASR": audited.get("asr", {}).get("relearn", math.nan),
-                        "steps to 50%": _steps(audited.get("steps_to_50")),
-                    }
-                )
-    return rows
-
-
-def _steps(steps_to_50: dict | None) -> str:
-    if not steps_to_50:
-        return "n/a"
-    step = steps_to_50.get("unet")
-    return "never" if step is None else str(step)
 
 
 def run_audit_cell(base, method, concept, kind, judges, out, attack_configs: dict, seed: int) -> dict:

@@ -204,7 +204,8 @@ def save_png(image: Image.Image, path: Path) -> Path:
 
 
 # --- results -----------------------------------------------------------------------------------------------------
-def _mean(values) -> float:
+def nan_mean(values) -> float:
+    """The mean of the values that are numbers (None and NaN left out); NaN when none is."""
     values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return sum(values) / len(values) if values else math.nan
 
@@ -218,7 +219,7 @@ def summary(records: list[dict], methods: list[str]) -> list[dict]:
             continue
         row = {"method": method, "concepts": len(mine)}
         for key, _ in COLUMNS:
-            row[key] = _mean(_value(r, key) for r in mine)
+            row[key] = nan_mean(_value(r, key) for r in mine)
         rows.append(row)
     doco = next((r for r in rows if r["method"] == "doco"), None)
     if doco is not None:
@@ -381,128 +382,6 @@ def scatter(records: list[dict], methods: list[str], title: str, size: int = 360
         draw.ellipse([left + size + 20, ly, left + size + 30, ly + 10], fill=colour, outline="black")
         draw.text((left + size + 36, ly - 1), row["method"], fill="black", font=font)
     return image
-
-
-# --- the robustness table (eval.bench --attacks) -------------------------------------------------------------
-def markdown_table(rows: list[dict]) -> str:
-    """A markdown table whose columns are every key of the rows, in first-seen order."""
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = [row.get(k, "") for k in keys]
-        lines.append("| " + " | ".join(format_value(c) for c in cells) + " |")
-    return "\n".join(lines)
-
-
-ROBUSTNESS_DEFINITIONS = {
-    "ASR": "attack success rate on the erased model: % of the attack's images whose top-1 judge verdict is the "
-    "concept (each attack's own image set: see the attack definitions)",
-    "base": "the same attack, budget and seed on the base model (the reference: it must recover the concept)",
-    "control": "the attack's prompts before optimisation (noise: eta = 1; relearn: before fine-tuning)",
-    "probe": "linear-probe accuracy (%) on the erased UNet's mid-block features, probe trained on the base's "
-    "(chance 50)",
-    "steps to 50%": "relearn (whole UNet): the first measured fine-tuning step with ASR >= 50 ('never': none)",
-    "seconds": "wall-clock seconds of the attack on the erased model, 2 CPU threads unless stated",
-}
-
-
-def robustness_rows(audits: list[dict], attacks: list[str]) -> list[dict]:
-    """One row per (method, concept) audit and one 'base' row per concept: ASR per attack, probe, relearning."""
-    rows, seen = [], set()
-    for a in audits:
-        if a["concept"] not in seen:
-            seen.add(a["concept"])
-            base = {"method": "base", "concept": a["concept"]}
-            base.update({n: a["base_asr"].get(n, math.nan) for n in attacks if n != "probe"})
-            if "probe" in attacks and a.get("probe_accuracy"):
-                base["probe"] = a["probe_accuracy"]["base"]
-            rows.append(base)
-        row = {"method": a["method"], "concept": a["concept"]}
-        row.update({n: a["asr"].get(n, math.nan) for n in attacks if n != "probe"})
-        if "probe" in attacks and a.get("probe_accuracy"):
-            row["probe"] = a["probe_accuracy"]["erased"]
-        if a.get("steps_to_50"):
-            step = a["steps_to_50"].get("unet")
-            row["steps to 50%"] = "never" if step is None else step
-        rows.append(row)
-    return rows
-
-
-def robustness_markdown(
-    audits: list[dict], attacks: list[str], meta: dict, references: list[dict] | None = None
-) -> str:
-    """docs/robustness.md's body: ASR table, mean ASR per method, controls, seconds, definitions."""
-    parts = ["# Robustness: what survives an attacker", ""]
-    if meta.get("command"):
-        parts += ["Regenerate:", "", "```bash", f"OMP_WAIT_POLICY=PASSIVE {meta['command']}", "```", ""]
-    if meta.get("machine"):
-        parts += [f"Machine: {meta['machine']}.", ""]
-    parts += ["## ASR per cell (%)", "", markdown_table(robustness_rows(audits, attacks)), ""]
-    methods = list(dict.fromkeys(a["method"] for a in audits))
-    means = []
-    for method in methods:
-        mine = [a for a in audits if a["method"] == method]
-        row = {"method": method, "cells": len(mine)}
-        row.update({n: _mean(a["asr"].get(n, math.nan) for a in mine) for n in attacks if n != "probe"})
-        means.append(row)
-    parts += ["## Mean ASR per method (%)", "", markdown_table(means), ""]
-    controls = []
-    for a in audits:
-        row = {"method": a["method"], "concept": a["concept"]}
-        row.update({f"{n} control": a["control_asr"].get(n, math.nan) for n in attacks if n != "probe"})
-        row.update(
-            {f"{n} base control": a["base_control_asr"].get(n, math.nan) for n in attacks if n != "probe"}
-        )
-        controls.append(row)
-    parts += ["## Controls (%)", "", markdown_table(controls), ""]
-    if references:
-        parts += [
-            "## The exact-unlearning reference",
-            "",
-            (
-                "The oracle is canvas-sd trained with the shipped recipe on a world without the concept "
-                "(`python -m erasure.train.sd --exclude C`): the ceiling for the static metrics, and the floor for "
-                "relearning."
-            ),
-            "",
-            markdown_table(references),
-            "",
-        ]
-    seconds = [{"method": a["method"], "concept": a["concept"], **a["seconds"]} for a in audits]
-    parts += ["## Seconds per attack", "", markdown_table(seconds), ""]
-    parts += ["## Definitions", ""]
-    parts += [f"- **{k}**: {v}" for k, v in ROBUSTNESS_DEFINITIONS.items()]
-    definitions = {}
-    for a in audits:
-        definitions.update(
-            {k: v for k, v in a.get("definitions", {}).items() if k in attacks or k.endswith(".budget")}
-        )
-    parts += [f"- **{k}**: {v}" for k, v in definitions.items()]
-    return "\n".join(parts) + "\n"
-
-
-def write_robustness(
-    out: Path, audits: list[dict], attacks: list[str], meta: dict, references: list[dict] | None = None
-) -> None:
-    """robustness.json, robustness.md and plots/robustness-<attack>.png (mean ASR per method), atomically."""
-    out = Path(out)
-    document = {
-        **meta,
-        "definitions": ROBUSTNESS_DEFINITIONS,
-        "audits": audits,
-        "references": references or [],
-    }
-    write_atomic(out / "robustness.json", json.dumps(jsonable(document), indent=2) + "\n")
-    write_atomic(out / "robustness.md", robustness_markdown(audits, attacks, meta, references))
-    methods = list(dict.fromkeys(a["method"] for a in audits))
-    for attack in attacks:
-        if attack == "probe":
-            continue
-        values = {
-            m: _mean(a["asr"].get(attack, math.nan) for a in audits if a["method"] == m) for m in methods
-        }
-        values["base"] = _mean(a["base_asr"].get(attack, math.nan) for a in audits)
-        save_png(bar_chart(f"{attack}: mean ASR (%)", values), out / "plots" / f"robustness-{attack}.png")
 
 
 def machine_description(device, threads: int) -> str:
