@@ -21,6 +21,8 @@ budgets and seed for every method; --budget attack.field=value changes a budget 
   plots/robustness-<attack>.png   mean ASR per method
   attacks/oracle/<concept>.json   with --oracle FOLDER (erasure.train.sd --exclude C): the model that never knew
                                   C, its static metrics and relearning curve, beside every method's in robustness.md
+--report-only runs nothing and rebuilds every table and plot from the cells already in --out: the way to gather
+parallel runs (other methods or concepts, same settings) into one report.
 --device (default: cuda when there is one) is where the pipeline and the judges run; the erasures run on the
 engine's Accelerator device. Bad input (unknown method or concept, a missing model or judges, an --out made with
 other settings, an unusable --device) prints one sentence and exits with code 2. A command: it orchestrates the
@@ -250,12 +252,15 @@ def run_bench(
     attack_configs: dict | None = None,
     machine: str = "",
     oracles: dict | None = None,
+    finished_only: bool = False,
 ) -> list[dict]:
     """Every (method, concept) cell (finished ones are loaded, not rerun), then results, tables, plots and grids.
 
     `configs` maps a method to its Config (or a dict of its fields) instead of its defaults. `attack_configs`
     (attack name -> its Config) audits every cell too; `oracles` (concept -> a pipeline trained without it) adds
-    the exact-unlearning reference for those concepts. Returns the records.
+    the exact-unlearning reference for those concepts. `finished_only` runs nothing: the results and reports are
+    rebuilt from the cells already in `out` (parallel runs over other methods or concepts write the same folder).
+    Returns the records.
     """
     from tqdm.auto import tqdm
 
@@ -290,6 +295,8 @@ def run_bench(
                 if path.exists():
                     records[method, concept] = json.loads(path.read_text())
                     continue
+                if finished_only:
+                    continue
                 record = run_cell(
                     base,
                     method,
@@ -314,17 +321,20 @@ def run_bench(
                 if path.exists():
                     audits[method, concept] = json.loads(path.read_text())
                     continue
+                if finished_only:
+                    continue
                 audits[method, concept] = run_audit_cell(
                     base, method, concept, kind, judges, out, attack_configs, seed
                 )
                 asr = audits[method, concept]["asr"]
                 bar.write(f"{method} {concept} ASR: " + ", ".join(f"{n} {v:.0f}" for n, v in asr.items()))
-            if attack_configs and concept in oracles:
+            cached_oracle = attack_path(out, "oracle", concept).exists()
+            if attack_configs and concept in oracles and (cached_oracle or not finished_only):
                 oracle_records[concept] = oracle_cell(
                     base, oracles[concept], concept, kind, judges, out, attack_configs, seed, settings
                 )
             grid_path = out / "grids" / f"{slug(concept)}.png"
-            if grids and not grid_path.exists():
+            if grids and not finished_only and not grid_path.exists():
                 pipes = {"original": base}
                 for method in methods:
                     if (delta_dir(out, method, concept) / "delta.safetensors").exists():
@@ -368,6 +378,11 @@ def parse_args(argv):
         action="append",
         default=[],
         help="with --attacks: a model trained without a concept (repeatable)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild the results and reports from the cells already in --out",
     )
     return parser.parse_args(argv)
 
@@ -447,9 +462,11 @@ def main(argv=None) -> int:
             steps=args.steps,
             model=args.model,
             grids=not args.no_grids,
-            command="python -m eval.bench " + shlex.join(argv),
+            # the command that makes every cell; --report-only only gathers them
+            command="python -m eval.bench " + shlex.join(a for a in argv if a != "--report-only"),
             attack_configs=attack_configs,
             oracles=oracles,
+            finished_only=args.report_only,
             machine=machine_description(device, args.threads or max(1, min(2, os.cpu_count() or 1))),
         )
     except (UsageError, UnknownConceptError) as err:

@@ -146,3 +146,35 @@ def test_bench_attacks_audit_every_cell_once(tiny_pipeline, random_judges, tmp_p
     with pytest.raises(bench.UsageError, match="other settings"):
         other = {**kwargs["attack_configs"], "noise": noise.NoiseConfig(etas=3, **tiny)}
         bench.run_bench(tiny_pipeline, **{**kwargs, "attack_configs": other})
+
+
+def test_report_only_gathers_finished_cells_and_runs_nothing(
+    tiny_pipeline, random_judges, tmp_path, monkeypatch
+):
+    from eval.attacks import noise
+
+    small = world_items(styles=["plain", "van gogh"], objects=["cat", "fish"])
+    monkeypatch.setattr(eval.evaluate, "world_items", lambda: small)
+    monkeypatch.setattr(eval.evaluate, "REAL_SEEDS", 1)
+    kwargs = {
+        "concepts": [("van gogh", "style")],
+        "judges": random_judges,
+        "out": tmp_path / "bench",
+        "settings": EvalSettings(seeds=(0,), num_inference_steps=2, batch_size=16),
+        "model": "tiny",
+        "grids": False,
+        "progress": False,
+        "attack_configs": {"noise": noise.NoiseConfig(etas=2, eval_seeds=1, num_inference_steps=2)},
+    }
+    bench.run_bench(tiny_pipeline, methods=["uce"], **kwargs)  # one process ran uce only
+
+    def nothing_runs(*args, **kwargs):
+        raise AssertionError("--report-only ran a cell")
+
+    monkeypatch.setattr(bench, "run_cell", nothing_runs)
+    monkeypatch.setattr(bench, "run_audit_cell", nothing_runs)
+    records = bench.run_bench(tiny_pipeline, methods=["uce", "doco"], finished_only=True, **kwargs)
+    assert [r["method"] for r in records] == ["uce"]
+    out = tmp_path / "bench"
+    assert not (out / "cells" / "doco").exists() and not (out / "attacks" / "doco").exists()
+    assert [a["method"] for a in json.loads((out / "robustness.json").read_text())["audits"]] == ["uce"]
