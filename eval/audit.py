@@ -174,6 +174,18 @@ def audit(
     return record, results
 
 
+def merge_audits(previous: dict, update: dict) -> dict:
+    """`previous` audit record with the attacks of `update` (a record of some attacks, rerun) put in its place."""
+    merged = {**previous}
+    for key in ("asr", "base_asr", "control_asr", "base_control_asr", "seconds", "base_seconds", "attacks"):
+        merged[key] = {**previous.get(key, {}), **update.get(key, {})}
+    merged["definitions"] = {**previous.get("definitions", {}), **update.get("definitions", {})}
+    for key in ("probe_accuracy", "steps_to_50"):  # set only by the probe and relearn
+        if update.get(key) is not None:
+            merged[key] = update[key]
+    return merged
+
+
 def oracle_record(
     oracle,
     base,

@@ -15,7 +15,8 @@ generated once and cached in <out>/cache. Written to --out:
   grids/<concept>.png             original + every method on the same seed, judge verdict under each image
 With --attacks (all, or a comma list of eval.attacks), every finished cell is also audited (eval.audit, the same
 budgets and seed for every method; --budget attack.field=value changes a budget for all of them):
-  attacks/<method>/<concept>.json one audit cell, written atomically: reruns skip it
+  attacks/<method>/<concept>.json one audit cell, written atomically: reruns skip it, and a cell made with another
+                                  budget for some attack reruns that attack alone (the record says each budget)
   attack-grids/<method>-<concept>.png  attacked samples, judge verdict under each
   robustness.json, robustness.md  every audit, ASR per attack beside the base model's and the controls
   plots/robustness-<attack>.png   mean ASR per method
@@ -210,25 +211,33 @@ def oracle_cell(base, oracle, concept, kind, judges, out, attack_configs, seed, 
     return record
 
 
-def run_audit_cell(base, method, concept, kind, judges, out, attack_configs: dict, seed: int) -> dict:
-    """Audit the cell's erased pipeline (rebuilt from its delta) with every attack; write its JSON atomically."""
+def stale_attacks(record: dict | None, attack_configs: dict) -> list[str]:
+    """The attacks that an audit cell (None: none yet) lacks or ran with a budget other than `attack_configs`'."""
+    done = (record or {}).get("attacks", {})
+    return [
+        name
+        for name, config in attack_configs.items()
+        if name not in done or done[name].get("config") != json.loads(json.dumps(jsonable(asdict(config))))
+    ]
+
+
+def run_audit_cell(
+    base, method, concept, kind, judges, out, attack_configs: dict, seed: int, previous=None, stale=None
+) -> dict:
+    """Audit the cell's erased pipeline (rebuilt from its delta) with every attack, or with the `stale` ones of a
+    `previous` record (their results replace its own); write its JSON atomically."""
     from eval import audit
 
     pipe = erased_pipeline(base, delta_dir(out, method, concept))
+    names = list(stale or attack_configs)
     record, results = audit.audit(
-        pipe,
-        base,
-        concept,
-        kind,
-        list(attack_configs),
-        attack_configs,
-        seed,
-        judges,
-        cache=Path(out) / "cache" / "audit",
+        pipe, base, concept, kind, names, attack_configs, seed, judges, cache=Path(out) / "cache" / "audit"
     )
+    if previous is not None:
+        record = audit.merge_audits(previous, record)
     record = jsonable({"method": method, **record})
     grid = audit.samples_grid(results)
-    if grid is not None:
+    if grid is not None and previous is None:  # a partial rerun keeps the full audit's grid
         save_png(grid, Path(out) / "attack-grids" / f"{method}-{slug(concept)}.png")
     write_atomic(attack_path(out, method, concept), json.dumps(record, indent=2) + "\n")
     return record
@@ -279,9 +288,11 @@ def run_bench(
             "configs": {m: configs[m] for m in sorted(configs)},
         },
     )
-    if attack_configs:
-        check_settings(
-            out, {"attacks": {n: asdict(c) for n, c in attack_configs.items()}}, name="attack_settings.json"
+    if attack_configs and not finished_only:  # the latest budgets; each audit cell records its own
+        write_atomic(
+            out / "attack_settings.json",
+            json.dumps(jsonable({"attacks": {n: asdict(c) for n, c in attack_configs.items()}}), indent=2)
+            + "\n",
         )
     audits, oracle_records = {}, {}
     oracles = oracles or {}
@@ -318,13 +329,15 @@ def run_bench(
                 )
             for method in methods if attack_configs else []:
                 path = attack_path(out, method, concept)
-                if path.exists():
-                    audits[method, concept] = json.loads(path.read_text())
+                previous = json.loads(path.read_text()) if path.exists() else None
+                stale = stale_attacks(previous, attack_configs)
+                if not stale:
+                    audits[method, concept] = previous
                     continue
-                if finished_only:
+                if finished_only:  # not finished under these budgets
                     continue
                 audits[method, concept] = run_audit_cell(
-                    base, method, concept, kind, judges, out, attack_configs, seed
+                    base, method, concept, kind, judges, out, attack_configs, seed, previous, stale
                 )
                 asr = audits[method, concept]["asr"]
                 bar.write(f"{method} {concept} ASR: " + ", ".join(f"{n} {v:.0f}" for n, v in asr.items()))

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from erasure.options import option
 from eval.attacks.uda import UDAConfig, optimise_prefix
 
 
 @dataclass
 class SoftConfig(UDAConfig):
-    """UDA's budget, unprojected."""
+    """UDA's budget, unprojected, and without UDA's weight decay: an upper bound takes no regularisation (free
+    embeddings decayed towards zero lose what they found; docs/attacks.md)."""
+
+    weight_decay: float = option(0.0, "Adam weight decay of the embeddings (none: the upper bound)")
 
 
 def run(

@@ -152,13 +152,13 @@ def test_prompt_attacks_keep_the_embeddings_of_their_best_check_and_stop_on_a_wi
 ):
     # soft, whose embeddings move every iteration (uda's projected tokens may not), through the loop uda shares
     class Checks(RisingChecks):
-        # call 1: target 0 wins (0.9), the others score 0.3; call 2: 0.4 (better); call 3 on: 0.1 (worse)
+        # call 1: target 0 wins (a check at the stopping bar), the others score 0.3; call 2: 0.4 (better); call 3 on: 0.1 (worse)
         def __call__(self, judges, images, concept, kind, pairs):
             super().__call__(judges, images, concept, kind, pairs)
             n = len(self.calls)
             scores = torch.full((len(pairs),), {1: 0.3, 2: 0.4}.get(n, 0.1))
             if n == 1:
-                scores[0] = 0.9
+                scores[0] = uda.STOP_PROBABILITY
             return scores
 
     seen_hidden = []
@@ -178,7 +178,7 @@ def test_prompt_attacks_keep_the_embeddings_of_their_best_check_and_stop_on_a_wi
     # target 0 won at the first check and was never optimised or checked again; the others ran every timestep
     assert len(checks.calls) == 4 and len(checks.calls[0]) == len(OBJECTS)
     assert all(len(c) == len(OBJECTS) - 1 and ("van gogh", OBJECTS[0]) not in c for c in checks.calls[1:])
-    assert result.details["check_probability"] == [0.9] + [0.4] * (len(OBJECTS) - 1)
+    assert result.details["check_probability"] == [uda.STOP_PROBABILITY] + [0.4] * (len(OBJECTS) - 1)
     # the kept tokens are the ones each target's best check was drawn from: check 1 for target 0, check 2 else
     from eval.attacks.base import encode_with_slots, slot_ids
 

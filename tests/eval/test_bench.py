@@ -138,14 +138,35 @@ def test_bench_attacks_audit_every_cell_once(tiny_pipeline, random_judges, tmp_p
     oracle = json.loads((out / "attacks" / "oracle" / "van-gogh.json").read_text())
     assert 0 <= oracle["ua"] <= 100 and {"ua", "ira", "cra", "fd"} <= set(oracle)
 
-    def no_attacking(*args, **kwargs):
-        raise AssertionError("a finished audit cell was attacked again")
-
+    real_audit = audit.audit
     monkeypatch.setattr(audit, "audit", no_attacking)
     bench.run_bench(tiny_pipeline, **kwargs)
-    with pytest.raises(bench.UsageError, match="other settings"):
-        other = {**kwargs["attack_configs"], "noise": noise.NoiseConfig(etas=3, **tiny)}
-        bench.run_bench(tiny_pipeline, **{**kwargs, "attack_configs": other})
+    # another budget for one attack reruns that attack alone, in place; the other attack's results stay
+    asked = []
+
+    def recording_audit(pipe, base, concept, kind, attacks, *args, **kw):
+        asked.append(list(attacks))
+        return real_audit(pipe, base, concept, kind, attacks, *args, **kw)
+
+    monkeypatch.setattr(audit, "audit", recording_audit)
+    other = {**kwargs["attack_configs"], "noise": noise.NoiseConfig(etas=3, **tiny)}
+    bench.run_bench(tiny_pipeline, **{**kwargs, "attack_configs": other})
+    assert asked == [["noise"]]
+    rerun = json.loads((out / "attacks" / "uce" / "van-gogh.json").read_text())
+    assert (
+        rerun["attacks"]["noise"]["config"]["etas"] == 3
+        and len(rerun["attacks"]["noise"]["details"]["asr_by_eta"]) == 3
+    )
+    assert (
+        rerun["attacks"]["inversion"] == cell["attacks"]["inversion"]
+        and rerun["asr"]["inversion"] == cell["asr"]["inversion"]
+    )
+    bench.run_bench(tiny_pipeline, **{**kwargs, "attack_configs": other})  # now finished: nothing reruns
+    assert asked == [["noise"]]
+
+
+def no_attacking(*args, **kwargs):
+    raise AssertionError("a finished audit cell was attacked again")
 
 
 def test_report_only_gathers_finished_cells_and_runs_nothing(
