@@ -103,16 +103,12 @@ def test_bench_end_to_end_and_rerun_skips_finished_cells(tiny_pipeline, random_j
         bench.run_bench(tiny_pipeline, **{**kwargs, "settings": EvalSettings(seeds=(0, 1))})
 
 
-def test_bench_attacks_audit_every_cell_once(tiny_pipeline, random_judges, tmp_path, monkeypatch):
-    from eval import audit
-    from eval.attacks import inversion, noise
-
+def tiny_audit_bench(monkeypatch, random_judges, tmp_path, attack_configs) -> dict:
+    """run_bench's arguments (all but the methods) for van gogh audited on a 2-style x 2-object answer set."""
     small = world_items(styles=["plain", "van gogh"], objects=["cat", "fish"])
     monkeypatch.setattr(eval.evaluate, "world_items", lambda: small)
     monkeypatch.setattr(eval.evaluate, "REAL_SEEDS", 1)
-    tiny = {"eval_seeds": 1, "num_inference_steps": 2}
-    kwargs = {
-        "methods": ["uce"],
+    return {
         "concepts": [("van gogh", "style")],
         "judges": random_judges,
         "out": tmp_path / "bench",
@@ -120,10 +116,22 @@ def test_bench_attacks_audit_every_cell_once(tiny_pipeline, random_judges, tmp_p
         "model": "tiny",
         "grids": False,
         "progress": False,
-        "attack_configs": {
-            "inversion": inversion.InversionConfig(images=2, steps=1, batch_size=2, **tiny),
-            "noise": noise.NoiseConfig(etas=2, **tiny),
-        },
+        "attack_configs": attack_configs,
+    }
+
+
+def test_bench_attacks_audit_every_cell_once(tiny_pipeline, random_judges, tmp_path, monkeypatch):
+    from eval import audit
+    from eval.attacks import inversion, noise
+
+    tiny = {"eval_seeds": 1, "num_inference_steps": 2}
+    attack_configs = {
+        "inversion": inversion.InversionConfig(images=2, steps=1, batch_size=2, **tiny),
+        "noise": noise.NoiseConfig(etas=2, **tiny),
+    }
+    kwargs = {
+        "methods": ["uce"],
+        **tiny_audit_bench(monkeypatch, random_judges, tmp_path, attack_configs),
         "oracles": {"van gogh": tiny_pipeline},  # stands in for a model trained without van gogh
     }
     bench.run_bench(tiny_pipeline, **kwargs)
@@ -174,19 +182,8 @@ def test_report_only_gathers_finished_cells_and_runs_nothing(
 ):
     from eval.attacks import noise
 
-    small = world_items(styles=["plain", "van gogh"], objects=["cat", "fish"])
-    monkeypatch.setattr(eval.evaluate, "world_items", lambda: small)
-    monkeypatch.setattr(eval.evaluate, "REAL_SEEDS", 1)
-    kwargs = {
-        "concepts": [("van gogh", "style")],
-        "judges": random_judges,
-        "out": tmp_path / "bench",
-        "settings": EvalSettings(seeds=(0,), num_inference_steps=2, batch_size=16),
-        "model": "tiny",
-        "grids": False,
-        "progress": False,
-        "attack_configs": {"noise": noise.NoiseConfig(etas=2, eval_seeds=1, num_inference_steps=2)},
-    }
+    noise_only = {"noise": noise.NoiseConfig(etas=2, eval_seeds=1, num_inference_steps=2)}
+    kwargs = tiny_audit_bench(monkeypatch, random_judges, tmp_path, noise_only)
     bench.run_bench(tiny_pipeline, methods=["uce"], **kwargs)  # one process ran uce only
 
     def nothing_runs(*args, **kwargs):
