@@ -69,8 +69,6 @@ class UDAConfig(AttackConfig):
     check_steps: int = option(10, "DDIM steps of the attacker's check image after each timestep")
 
 
-PAPER_TIMESTEPS = 50
-PAPER_ITERATIONS = 40
 # The attacker's check images use this seed offset, so they never coincide with the ASR images (seeds 0, 1, ...).
 CHECK_SEED = 10_000
 # A target whose check image judge-clip reads as the concept with at least this probability is won, and the attack
