@@ -14,9 +14,13 @@ from eval.attacks.uda import UDAConfig, optimise_prefix
 
 @dataclass
 class SoftConfig(UDAConfig):
-    """UDA's budget, unprojected, and without UDA's weight decay: an upper bound takes no regularisation (free
-    embeddings decayed towards zero lose what they found; docs/attacks.md)."""
+    """UDA's walk, checks and iterations, unprojected; the paper's learning rate and no weight decay, since free
+    embeddings neither hop between tokens nor survive being decayed towards zero (docs/attacks.md)."""
 
+    lr: float = option(
+        0.01,
+        "Adam learning rate of the embeddings (the paper's; at uda's 0.05 free embeddings leave the vocabulary's range)",
+    )
     weight_decay: float = option(0.0, "Adam weight decay of the embeddings (none: the upper bound)")
 
 
