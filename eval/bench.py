@@ -98,9 +98,9 @@ def attack_path(out: Path, method: str, concept: str) -> Path:
     return Path(out) / "attacks" / method / f"{slug(concept)}.json"
 
 
-def check_settings(out: Path, settings: dict, write: bool = True, name: str = "settings.json") -> None:
+def check_settings(out: Path, settings: dict, write: bool = True) -> None:
     """Cells from another model, seeds or steps must not mix with these: refuse such an --out (else record them)."""
-    path = Path(out) / name
+    path = Path(out) / "settings.json"
     settings = jsonable(settings)
     if path.exists():
         old = json.loads(path.read_text())
