@@ -57,6 +57,11 @@ def parse_args(argv):
         "--resume", action="store_true", help="continue an interrupted erasure from its checkpoint"
     )
     parser.add_argument(
+        "--robust",
+        action="store_true",
+        help="DoCo with the inner attack in its loop (DoCoConfig.robust; erasure/methods/adversaries.py)",
+    )
+    parser.add_argument(
         "--no-eval", action="store_true", help="skip the evaluation (non-canvas models skip it anyway)"
     )
     parser.add_argument(
@@ -101,6 +106,8 @@ def validate(args) -> tuple[list[str], Path]:
         raise UsageError(f"--method {args.method} is a closed-form edit and takes no --steps.")
     if args.eval_seeds < 1:
         raise UsageError("--eval-seeds must be at least 1.")
+    if args.robust and (args.method != "doco" or args.model == GAN_MODEL):
+        raise UsageError("--robust is robust DoCo: use it with --method doco on a text-to-image model.")
     if args.audit:
         from eval import audit
 
@@ -148,6 +155,7 @@ def run(args) -> Path:
                 concept,
                 method=args.method,
                 anchor=args.anchor,
+                config={"robust": True} if args.robust else None,
                 steps=args.steps,
                 seed=args.seed,
                 checkpoint_dir=checkpoints / slug(concept),

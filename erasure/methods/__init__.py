@@ -8,11 +8,17 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from erasure.methods import ca, doco, esd, uce
-from erasure.methods.base import ErasureRequest, build_request, cross_attention_kv, predicted_x0
+from erasure.methods.base import (
+    ErasureRequest,
+    build_request,
+    cross_attention_kv,
+    predicted_x0,
+    unet_parameters,
+)
 from erasure.methods.ca import CAConfig
 from erasure.methods.config import MethodConfig
 from erasure.methods.doco import DoCoConfig, PatchDiscriminator, surgery
-from erasure.methods.esd import ESDConfig, esd_parameters
+from erasure.methods.esd import ESDConfig
 from erasure.methods.uce import UCEConfig, uce_weight
 
 
@@ -42,8 +48,8 @@ __all__ = [
     "UCEConfig",
     "build_request",
     "cross_attention_kv",
-    "esd_parameters",
     "predicted_x0",
     "surgery",
     "uce_weight",
+    "unet_parameters",
 ]

@@ -15,7 +15,9 @@ from __future__ import annotations
 import copy
 import json
 import random
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from diffusers.utils import logging as diffusers_logging
@@ -202,6 +204,35 @@ def cross_attention_kv(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     params = {n: p for n, p in unet.named_parameters() if "attn2.to_k" in n or "attn2.to_v" in n}
     if not params:
         raise ValueError("the UNet has no cross-attention key/value projections (attn2.to_k / attn2.to_v).")
+    return params
+
+
+# The UNet parameter sets a method can train. 'kv': the cross-attention key/value projections (`attn2.to_k`,
+# `attn2.to_v`: DoCo, UCE, CA); 'xattn' (ESD-x): every parameter of every cross-attention module `attn2`;
+# 'noxattn' (ESD-u): every parameter except `attn2`, the time-embedding MLP and the output head, which the CompVis
+# ESD script skips ('attn2', 'time_embed', 'out.'); 'full': every UNet parameter.
+TrainableSet = Literal["kv", "xattn", "noxattn", "full"]
+TRAINABLE_SETS = typing.get_args(TrainableSet)
+_NOXATTN_SKIP = ("time_embedding.", "conv_norm_out.", "conv_out.")
+
+
+def unet_parameters(unet: torch.nn.Module, which: str) -> dict[str, torch.nn.Parameter]:
+    """The UNet parameters of the set `which` (see TrainableSet), by name."""
+    if which not in TRAINABLE_SETS:
+        raise ValueError(f"the trainable set must be one of {', '.join(TRAINABLE_SETS)}, not {which!r}.")
+    if which == "kv":
+        return cross_attention_kv(unet)
+    params = {}
+    for name, p in unet.named_parameters():
+        cross = ".attn2." in f".{name}"
+        if (
+            which == "full"
+            or (which == "xattn" and cross)
+            or (which == "noxattn" and not cross and not name.startswith(_NOXATTN_SKIP))
+        ):
+            params[name] = p
+    if not params:
+        raise ValueError(f"the UNet has no parameters in the trainable set {which!r}.")
     return params
 
 

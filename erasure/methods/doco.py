@@ -21,6 +21,14 @@ is added, times `retain_weight`, to every update. Every other prompt token's key
 original's, and with them the UNet's output for other concepts: the shared K/V drift that otherwise shows up as
 lower IRA/CRA and a larger FD on the rest of the world.
 
+Robust DoCo (`robust=True`; not in the paper): every `robust_every` UNet updates, an inner attack
+(erasure/methods/adversaries.py) finds soft-prompt and inverted-token embeddings that make the current UNet draw
+the concept again, and in `robust_share` of the target samples those embeddings' hidden states replace the target
+prompt's, so domain correction also pulls what an attacker would reach into the anchor's domain, as AdvUnlearn and
+STEREO do with their own erasers. Keys and values alone may not be able to remove what the UNet can still draw from
+a new embedding: `trainable` widens the trained set (ESD's 'xattn' and 'noxattn', or 'full'); the retain spring
+then holds the key/value projections among them, the prior loss and the surgery the rest.
+
 `adversarial=False` is the ablation without the discriminator: g_a comes from matching the trainable UNet's noise
 prediction for the target prompt to the teacher's for the anchor prompt (Concept Ablation, model-based), with
 the same schedule of UNet updates and the same surgery.
@@ -38,13 +46,16 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
+from erasure.methods.adversaries import ATTACK_TYPES, AdversarialPrompts
 from erasure.methods.base import (
     AnchorData,
+    TrainableSet,
     cross_attention_kv,
     encode_prompts,
     frozen_teacher_and_student,
     pipeline_with_unet,
     predicted_x0,
+    unet_parameters,
 )
 from erasure.methods.config import AnchorImagesConfig, option
 from pipelines.diffusion import diffusion_target
@@ -86,10 +97,34 @@ class DoCoConfig(AnchorImagesConfig):
     )
     num_anchor_images: int = option(1000, "anchor images generated once by the frozen pipeline")
     gradient_checkpointing: bool = option(False, "trade compute for memory in the trainable UNet")
+    trainable: TrainableSet = option(
+        "kv", "UNet parameters that train: 'kv' (the paper's), 'xattn', 'noxattn' or 'full' (TrainableSet)"
+    )
+    robust: bool = option(False, "put the inner attack in the loop (module docstring; not in the paper)")
+    robust_attacks: tuple[str, ...] = option(
+        ("soft", "inversion"),
+        "inner attack types: 'soft' prefix embeddings, 'inversion' of the concept's token",
+    )
+    robust_tokens: int = option(
+        3, "soft prefix embeddings per prompt (UnlearnDiffAtk's 3 for styles/objects)"
+    )
+    robust_every: int = option(10, "UNet updates between two refreshes of the inner attack")
+    robust_iterations: int = option(10, "Adam iterations of the inner attack per refresh")
+    robust_prompts: int = option(4, "prompt pairs attacked per refresh and attack type")
+    robust_lr: float = option(0.01, "Adam learning rate of the inner attack's embeddings (soft's)")
+    robust_share: float = option(
+        0.5, "share of target samples whose prompt is replaced by an adversarial embedding found so far"
+    )
 
     def __post_init__(self):
         super().__post_init__()
         self.d_betas = tuple(self.d_betas)
+        self.robust_attacks = tuple(self.robust_attacks)
+        for attack in self.robust_attacks:
+            if attack not in ATTACK_TYPES:
+                raise ValueError(f"robust_attacks must be among {', '.join(ATTACK_TYPES)}, not {attack!r}.")
+        if not 0.0 <= self.robust_share <= 1.0:
+            raise ValueError(f"robust_share must be within [0, 1], not {self.robust_share}.")
 
     @classmethod
     def sd(cls, kind: str = "style") -> DoCoConfig:
@@ -125,7 +160,12 @@ class DoCoConfig(AnchorImagesConfig):
         updates = self.steps - self.d_warmup
         generation = self.num_anchor_images * self.anchor_steps * 2
         forward = generation + self.d_warmup * 2 * self.batch_size + updates * 3 * self.batch_size
-        return {"forward": float(forward), "backward": float(updates * 2 * self.batch_size)}
+        backward = updates * 2 * self.batch_size
+        if self.robust:  # each attack iteration: teacher and student forwards, a student backward
+            attacked = math.ceil(updates / self.robust_every) * len(self.robust_attacks) * self.robust_prompts
+            forward += attacked * self.robust_iterations * 2
+            backward += attacked * self.robust_iterations
+        return {"forward": float(forward), "backward": float(backward)}
 
 
 def surgery(g_a: torch.Tensor, g_b: torch.Tensor, rule: str = "normalized", lam: float = 1.0) -> torch.Tensor:
@@ -186,18 +226,20 @@ class RetainSpring:
         self.norm = {n: float(torch.trace(w @ self.gram @ w.T)) for n, w in self.original.items()}
 
     def loss(self, params: dict[str, torch.Tensor]) -> float:
+        """L_r over the projections this spring holds (`params` may hold more)."""
         terms = [
             torch.trace(d @ self.gram @ d.T) / self.norm[n]
-            for n, d in ((n, p.detach().float() - self.original[n]) for n, p in params.items())
+            for n, d in ((n, params[n].detach().float() - w0) for n, w0 in self.original.items())
         ]
         return float(sum(terms) / len(terms))
 
-    def gradients(self, params: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        n_terms = len(params)
-        return [
-            (2 / (self.norm[n] * n_terms)) * (p.detach().float() - self.original[n]) @ self.gram
-            for n, p in params.items()
-        ]
+    def gradients(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """dL_r/dW for each projection this spring holds, by name."""
+        n_terms = len(self.original)
+        return {
+            n: (2 / (self.norm[n] * n_terms)) * (params[n].detach().float() - w0) @ self.gram
+            for n, w0 in self.original.items()
+        }
 
 
 def _clip(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
@@ -213,8 +255,11 @@ def run(pipeline, request, config: DoCoConfig, session):
     """
     accelerator, device = session.accelerator, session.device
 
-    # 1. Models: the input UNet becomes the frozen teacher; a copy trains its attn2 key/value projections only.
-    teacher, unet, params = frozen_teacher_and_student(pipeline, device, cross_attention_kv)
+    # 1. Models: the input UNet becomes the frozen teacher; a copy trains its attn2 key/value projections only
+    # (or the wider `trainable` set).
+    teacher, unet, params = frozen_teacher_and_student(
+        pipeline, device, lambda student: unet_parameters(student, config.trainable)
+    )
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, clip_sample=False, thresholding=False)
@@ -226,8 +271,12 @@ def run(pipeline, request, config: DoCoConfig, session):
     anchor_emb = encode_prompts(pipeline, request.anchor_prompts, device)
     spring = None
     if config.retain_weight > 0 and request.retain_prompts:
-        spring = RetainSpring(
-            cross_attention_kv(teacher), encode_prompts(pipeline, request.retain_prompts, device)
+        kv = {n: p for n, p in cross_attention_kv(teacher).items() if n in params}
+        spring = RetainSpring(kv, encode_prompts(pipeline, request.retain_prompts, device))
+    adversaries = None
+    if config.robust:
+        adversaries = AdversarialPrompts(
+            pipeline, request, config.robust_attacks, config.robust_tokens, device, session.generator
         )
 
     # 3. Discriminator and optimizers. Models are not DDP-wrapped: each step runs two backward passes (surgery)
@@ -243,6 +292,8 @@ def run(pipeline, request, config: DoCoConfig, session):
     optimizer, optimizer_d = accelerator.prepare(optimizer, optimizer_d)
     state = {f"unet.{n}": p for n, p in params.items()}
     state.update({f"discriminator.{n}": t for n, t in disc.state_dict().items()})
+    if adversaries is not None:
+        state.update(adversaries.state())
     session.track(state, {"unet": optimizer, "discriminator": optimizer_d})
 
     def sample_batch():
@@ -263,7 +314,21 @@ def run(pipeline, request, config: DoCoConfig, session):
             session.end_step(step, {})  # the ablation keeps DoCo's schedule of UNet updates; no discriminator
             continue
         losses = {}
+        if adversaries is not None and update_unet and (step - config.d_warmup) % config.robust_every == 0:
+            losses["attack"] = adversaries.refresh(
+                unet,
+                teacher,
+                anchors,
+                target_emb,
+                config.robust_prompts,
+                config.robust_iterations,
+                config.robust_lr,
+                session.generator,
+            )
         _, _, t, x_t, k = sample_batch()
+        emb_target = target_emb[k]
+        if adversaries is not None and update_unet:
+            emb_target = adversaries.mix(target_emb, k, config.robust_share, session.generator)
         with torch.no_grad(), accelerator.autocast():
             eps_anchor = teacher(x_t, t, encoder_hidden_states=anchor_emb[k]).sample.float()
         x0_anchor = predicted_x0(scheduler, eps_anchor, t, x_t)
@@ -277,7 +342,7 @@ def run(pipeline, request, config: DoCoConfig, session):
             g_b = gradients(prior_loss)
 
         with torch.set_grad_enabled(update_unet), accelerator.autocast():
-            eps_target = unet(x_t, t, encoder_hidden_states=target_emb[k]).sample.float()
+            eps_target = unet(x_t, t, encoder_hidden_states=emb_target).sample.float()
         x0_target = predicted_x0(scheduler, eps_target, t, x_t)
 
         if update_unet:
@@ -293,7 +358,10 @@ def run(pipeline, request, config: DoCoConfig, session):
                 update = [surgery(a, b, config.surgery, config.surgery_lambda) for a, b in zip(g_a, g_b)]
             if spring is not None:
                 pull = spring.gradients(params)
-                update = [u + config.retain_weight * r.to(u.dtype) for u, r in zip(update, pull)]
+                update = [
+                    u + config.retain_weight * pull[n].to(u.dtype) if n in pull else u
+                    for n, u in zip(params, update)
+                ]
                 losses["retain"] = spring.loss(params)
             for p, g in zip(params.values(), update):
                 p.grad = g

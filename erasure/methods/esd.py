@@ -14,18 +14,15 @@ denoise next). The trainable model sampling its own x_t is the paper's Algorithm
 frozen model instead (`sample_with="frozen"`). The CompVis script queries the teacher at a DDPM timestep drawn
 near i/ddim_steps * 1000, which is not the noise level x_t is at after i steps; like esd_sd.py we use t_i.
 
-Trainable parameters (`train_method`), as named by the CompVis script:
-  'xattn'   (ESD-x, styles): every parameter of every cross-attention module `attn2` (to_q, to_k, to_v, to_out).
-  'noxattn' (ESD-u, objects): every UNet parameter except `attn2`, the time-embedding MLP (`time_embedding`) and
-            the output head (`conv_norm_out`, `conv_out`): CompVis skips 'attn2', 'time_embed' and 'out.'.
-  'full'    every UNet parameter.
+Trainable parameters (`train_method`), as named by the CompVis script: 'xattn' (ESD-x, styles: every parameter
+of every cross-attention module), 'noxattn' (ESD-u, objects: every parameter outside cross-attention but the
+time-embedding MLP and the output head) or 'full'; `erasure.methods.base.TrainableSet` defines each (and 'kv').
 The text encoder and the VAE never train. ESD has no anchor: the concept is guided away from the unconditional
 prediction, so `request.anchor` is recorded but unused.
 """
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
@@ -33,12 +30,14 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from erasure.methods.base import encode_prompts, frozen_teacher_and_student, pipeline_with_unet
+from erasure.methods.base import (
+    TrainableSet,
+    encode_prompts,
+    frozen_teacher_and_student,
+    pipeline_with_unet,
+    unet_parameters,
+)
 from erasure.methods.config import MethodConfig, option
-
-TrainMethod = Literal["xattn", "noxattn", "full"]
-TRAIN_METHODS = typing.get_args(TrainMethod)
-_NOXATTN_SKIP = ("time_embedding.", "conv_norm_out.", "conv_out.")
 
 
 @dataclass
@@ -58,7 +57,7 @@ class ESDConfig(MethodConfig):
     batch_size: int = option(1, "partial generations per iteration")
     learning_rate: float = option(1e-5, "Adam learning rate")
     negative_guidance: float = option(1.0, "eta, the negative guidance of the teacher's target")
-    train_method: TrainMethod = option(
+    train_method: TrainableSet = option(
         "xattn", "'xattn' (ESD-x) for styles, 'noxattn' (ESD-u) for objects, or 'full' (module docstring)"
     )
     ddim_steps: int = option(50, "DDIM schedule of the partial generation")
@@ -106,24 +105,6 @@ class ESDConfig(MethodConfig):
         return {"forward": samples * (2 * mean_stop + 3), "backward": float(samples)}
 
 
-def esd_parameters(unet: torch.nn.Module, train_method: str) -> dict[str, torch.nn.Parameter]:
-    """The UNet parameters ESD trains for `train_method` (see the module docstring), by name."""
-    if train_method not in TRAIN_METHODS:
-        raise ValueError(f"train_method must be one of {', '.join(TRAIN_METHODS)}, not {train_method!r}.")
-    params = {}
-    for name, p in unet.named_parameters():
-        cross = ".attn2." in f".{name}"
-        if (
-            train_method == "full"
-            or (train_method == "xattn" and cross)
-            or (train_method == "noxattn" and not cross and not name.startswith(_NOXATTN_SKIP))
-        ):
-            params[name] = p
-    if not params:
-        raise ValueError(f"the UNet has no parameters for ESD's train_method {train_method!r}.")
-    return params
-
-
 @torch.no_grad()
 def sample_until(unet, scheduler, latents, cond, uncond, stop: int, guidance: float) -> torch.Tensor:
     """Run the first `stop` steps of `scheduler`'s DDIM schedule from `latents` with classifier-free guidance.
@@ -159,7 +140,7 @@ def run(pipeline, request, config: ESDConfig, session):
 
     # 1. Models: the input UNet becomes the frozen teacher; a copy trains the parameters of `train_method`.
     teacher, unet, params = frozen_teacher_and_student(
-        pipeline, device, lambda student: esd_parameters(student, config.train_method)
+        pipeline, device, lambda student: unet_parameters(student, config.train_method)
     )
     sampler = DDIMScheduler.from_config(pipeline.scheduler.config)
     sampler.set_timesteps(config.ddim_steps, device=device)

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from erasure.options import option
 from eval.attacks.base import (
-    SLOT,
     AttackConfig,
     AttackResult,
     Clock,
@@ -25,15 +24,14 @@ from eval.attacks.base import (
     concept_renders,
     denoising_loss,
     encode_images,
-    encode_with_slots,
     eval_pairs,
     fill,
     fixed_loss,
     frozen,
-    slot_ids,
     slot_templates,
     training_scheduler,
 )
+from pipelines.slots import SLOT, encode_with_slots, slot_ids
 
 
 @dataclass

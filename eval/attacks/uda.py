@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from erasure.options import option
 from eval.attacks.base import (
-    SLOT,
     AttackConfig,
     AttackResult,
     Clock,
@@ -37,17 +36,16 @@ from eval.attacks.base import (
     concept_renders,
     denoising_loss,
     encode_images,
-    encode_with_slots,
     eval_pairs,
     fixed_loss,
     frozen,
     generate,
     nearest_tokens,
-    slot_ids,
     training_scheduler,
     vocabulary_embeddings,
     without_concept,
 )
+from pipelines.slots import SLOT, encode_with_slots, slot_ids
 
 
 @dataclass

@@ -25,6 +25,7 @@ from erasure import run as cli
         (["--concept", "van gogh", "--audit", "--budget", "uda.iterations=0"], "must be at least 1"),
         (["--concept", "van gogh", "--audit", "--no-eval"], "--audit needs the Canvas world's judges"),
         (["--concept", "van gogh", "--model", "canvas-gan", "--audit"], "canvas-gan has no prompt"),
+        (["--concept", "van gogh", "--method", "uce", "--robust"], "--robust is robust DoCo"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path, capsys, argv, message):

@@ -9,14 +9,12 @@ import torch
 from erasure.canvas.world import OBJECTS, STYLES
 from eval.attacks import ATTACKS, inversion, noise, probe, relearn, soft, uda
 from eval.attacks.base import (
-    SLOT,
     encode_texts,
-    encode_with_slots,
     judge,
-    slot_ids,
     success_rate,
     without_concept,
 )
+from pipelines.slots import SLOT, encode_with_slots, slot_ids
 from tests.helpers import all_tensors
 
 TINY = {"eval_seeds": 1, "num_inference_steps": 2}
@@ -180,7 +178,6 @@ def test_prompt_attacks_keep_the_embeddings_of_their_best_check_and_stop_on_a_wi
     assert all(len(c) == len(OBJECTS) - 1 and ("van gogh", OBJECTS[0]) not in c for c in checks.calls[1:])
     assert result.details["check_probability"] == [uda.STOP_PROBABILITY] + [0.4] * (len(OBJECTS) - 1)
     # the kept tokens are the ones each target's best check was drawn from: check 1 for target 0, check 2 else
-    from eval.attacks.base import encode_with_slots, slot_ids
 
     texts = [f"{SLOT} {SLOT} {SLOT} " + without_concept("van gogh", "style", "van gogh", o) for o in OBJECTS]
     ids, mask = slot_ids(tiny_pipeline.tokenizer, texts)

@@ -8,9 +8,9 @@ from diffusers import DDIMScheduler
 
 from erasure.engine import erase
 from erasure.methods import esd
-from erasure.methods.base import encode_prompts, forward_equivalents
+from erasure.methods.base import encode_prompts, forward_equivalents, unet_parameters
 from erasure.methods.doco import DoCoConfig
-from erasure.methods.esd import ESDConfig, esd_parameters, esd_target, sample_until
+from erasure.methods.esd import ESDConfig, esd_target, sample_until
 from tests.helpers import all_tensors, fresh
 
 TINY = {"steps": 3, "batch_size": 2, "ddim_steps": 4, "learning_rate": 1e-3, "use_request_prompts": True}
@@ -24,7 +24,7 @@ def changed(base, edited) -> set[str]:
 # --- which parameters train --------------------------------------------------------------------------------------
 def test_esd_x_trains_every_cross_attention_parameter_and_nothing_else(tiny_pipeline, tiny_pipeline_dir):
     result = erase(tiny_pipeline, "van gogh", method="esd", config=ESDConfig(**TINY), progress=False)
-    declared = {f"unet.{n}" for n in esd_parameters(result.pipeline.unet, "xattn")}
+    declared = {f"unet.{n}" for n in unet_parameters(result.pipeline.unet, "xattn")}
     diff = changed(fresh(tiny_pipeline_dir), result.pipeline)
     assert diff and diff <= declared and set(result.delta) == diff
     assert all(".attn2." in n for n in declared)
@@ -37,7 +37,7 @@ def test_esd_x_trains_every_cross_attention_parameter_and_nothing_else(tiny_pipe
 def test_esd_u_trains_only_non_cross_attention_parameters(tiny_pipeline, tiny_pipeline_dir):
     config = ESDConfig(**{**TINY, "train_method": "noxattn", "steps": 2})
     result = erase(tiny_pipeline, "cat", method="esd", config=config, progress=False)
-    declared = {f"unet.{n}" for n in esd_parameters(result.pipeline.unet, "noxattn")}
+    declared = {f"unet.{n}" for n in unet_parameters(result.pipeline.unet, "noxattn")}
     diff = changed(fresh(tiny_pipeline_dir), result.pipeline)
     assert diff and diff <= declared
     assert not any(".attn2." in n for n in declared)

@@ -1,0 +1,124 @@
+"""Robust DoCo: the inner attack (erasure/methods/adversaries.py) and DoCo with it in the loop, on the tiny pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from erasure.engine import TrainingRun, erase
+from erasure.methods.adversaries import AdversarialPrompts, adversarial_template
+from erasure.methods.base import AnchorData, build_request, encode_prompts, frozen_teacher_and_student
+from erasure.methods.doco import DoCoConfig
+from pipelines.slots import SLOT
+from tests.helpers import TINY_DOCO, fresh
+
+ROBUST = {**TINY_DOCO, "robust": True, "robust_every": 1, "robust_iterations": 2, "robust_prompts": 2}
+
+
+def test_adversarial_templates():
+    assert adversarial_template("a cat in van gogh style", "van gogh", "soft", 3) == (
+        f"{SLOT} {SLOT} {SLOT} a cat in style"
+    )
+    assert (
+        adversarial_template("a cat in Van Gogh style", "van gogh", "inversion", 3)
+        == f"a cat in {SLOT} style"
+    )
+    # Only the first mention becomes the slot; later ones are deleted. A prompt that never names it gets one in front.
+    assert adversarial_template("van gogh, by van gogh", "van gogh", "inversion", 3) == f"{SLOT}, by"
+    assert adversarial_template("a cat", "van gogh", "inversion", 3) == f"{SLOT} a cat"
+    with pytest.raises(ValueError, match="inner attack must be one of"):
+        adversarial_template("a cat", "van gogh", "pgd", 3)
+    with pytest.raises(ValueError, match="robust_attacks"):
+        DoCoConfig(robust_attacks=("pgd",))
+
+
+def _attack_loss(adversaries, unet, teacher, anchors, target_emb, pairs, session) -> float:
+    """The attacker's objective for the kept embeddings of `pairs`, on fixed noised anchor batches."""
+    session.generator.manual_seed(123)
+    with torch.no_grad():
+        return sum(
+            adversaries.loss(unet, teacher, anchors, target_emb, "soft", pairs).item() for _ in range(4)
+        )
+
+
+def test_inner_attack_finds_the_concept_before_the_update_and_less_after(tiny_pipeline, tiny_pipeline_dir):
+    """On the original model, the refreshed embeddings bring the target prompt's prediction back (lower attack
+    loss than their random start); after robust DoCo they bring it back less (higher loss on the erased UNet)."""
+    config = DoCoConfig(**{**ROBUST, "steps": 12, "d_warmup": 2, "robust_prompts": 4})
+    request = build_request(tiny_pipeline, "van gogh")
+    session = TrainingRun({}, 0, config, progress=False)
+    teacher, student, _ = frozen_teacher_and_student(tiny_pipeline, "cpu")
+    scheduler = DDPMScheduler.from_config(tiny_pipeline.scheduler.config)
+    anchors = AnchorData(tiny_pipeline, request, config, session, scheduler)
+    target_emb = encode_prompts(tiny_pipeline, request.target_prompts, "cpu")
+    adversaries = AdversarialPrompts(tiny_pipeline, request, ["soft"], 3, "cpu", session.generator)
+
+    session.generator.manual_seed(7)
+    pairs = torch.randperm(len(target_emb), generator=session.generator)[:4]
+    before = _attack_loss(adversaries, student, teacher, anchors, target_emb, pairs, session)
+    session.generator.manual_seed(7)
+    adversaries.refresh(student, teacher, anchors, target_emb, 4, 30, 0.05, session.generator)
+    assert bool((adversaries.found["soft"][pairs] == 1).all())
+    found = _attack_loss(adversaries, student, teacher, anchors, target_emb, pairs, session)
+    assert found < 0.8 * before
+    assert all(
+        p.grad is None for p in student.parameters()
+    )  # the attacker leaves the model's gradients alone
+
+    erased = erase(fresh(tiny_pipeline_dir), "van gogh", config=config, seed=0, progress=False).pipeline
+    after = _attack_loss(adversaries, erased.unet, teacher, anchors, target_emb, pairs, session)
+    assert after > 1.5 * found
+
+
+@pytest.mark.parametrize("trainable", ["kv", "xattn"])
+def test_robust_doco_changes_only_its_declared_parameters(tiny_pipeline, trainable):
+    config = DoCoConfig(**{**ROBUST, "trainable": trainable})
+    result = erase(tiny_pipeline, "van gogh", config=config, seed=0, progress=False)
+    changed = set(result.delta)
+    kv = {n for n in changed if ".attn2.to_k." in n or ".attn2.to_v." in n}
+    assert changed and all(".attn2." in n for n in changed)
+    if trainable == "kv":
+        assert changed == kv
+    else:
+        assert any(".attn2.to_q." in n or ".attn2.to_out." in n for n in changed)
+    assert any("attack" in h for h in result.history)
+
+
+def test_robust_run_resumes_to_the_uninterrupted_result(
+    tiny_pipeline, tiny_pipeline_dir, tmp_path, monkeypatch
+):
+    config = DoCoConfig(**{**ROBUST, "steps": 6, "d_warmup": 2})
+    whole = erase(
+        tiny_pipeline, "van gogh", config=config, seed=3, checkpoint_dir=tmp_path / "a", progress=False
+    )
+
+    save = TrainingRun._save
+
+    def save_then_crash(self, step):
+        save(self, step)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingRun, "_save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        erase(
+            fresh(tiny_pipeline_dir),
+            "van gogh",
+            config=config,
+            seed=3,
+            checkpoint_dir=tmp_path / "b",
+            progress=False,
+        )
+    monkeypatch.setattr(TrainingRun, "_save", save)
+    resumed = erase(
+        fresh(tiny_pipeline_dir),
+        "van gogh",
+        config=config,
+        seed=3,
+        checkpoint_dir=tmp_path / "b",
+        resume=True,
+        progress=False,
+    )
+    assert all(torch.equal(whole.delta[n], resumed.delta[n]) for n in whole.delta)
+    assert [h.get("attack") for h in resumed.history] == [h.get("attack") for h in whole.history]
