@@ -270,8 +270,8 @@ def run(pipeline, request, config: DoCoConfig, session):
     target_emb = encode_prompts(pipeline, request.target_prompts, device)
     anchor_emb = encode_prompts(pipeline, request.anchor_prompts, device)
     spring = None
-    if config.retain_weight > 0 and request.retain_prompts:
-        kv = {n: p for n, p in cross_attention_kv(teacher).items() if n in params}
+    kv = {n: p for n, p in cross_attention_kv(teacher).items() if n in params}  # what the spring can hold
+    if config.retain_weight > 0 and request.retain_prompts and kv:
         spring = RetainSpring(kv, encode_prompts(pipeline, request.retain_prompts, device))
     adversaries = None
     if config.robust:

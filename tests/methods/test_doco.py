@@ -103,7 +103,9 @@ def test_retain_spring_matches_autograd():
     ) / len(params)
     assert spring.loss(params) == pytest.approx(by_hand.item(), rel=1e-5)
     by_hand.backward()
-    pull = spring.gradients({**params, "other": torch.zeros(2)})  # a tensor the spring does not hold is ignored
+    pull = spring.gradients(
+        {**params, "other": torch.zeros(2)}
+    )  # a tensor the spring does not hold is ignored
     assert pull.keys() == params.keys()
     for n, p in params.items():
         torch.testing.assert_close(pull[n], p.grad, rtol=1e-4, atol=1e-6)

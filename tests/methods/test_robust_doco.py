@@ -8,7 +8,13 @@ from diffusers import DDPMScheduler
 
 from erasure.engine import TrainingRun, erase
 from erasure.methods.adversaries import AdversarialPrompts, adversarial_template
-from erasure.methods.base import AnchorData, build_request, encode_prompts, frozen_teacher_and_student
+from erasure.methods.base import (
+    AnchorData,
+    build_request,
+    encode_prompts,
+    frozen_teacher_and_student,
+    unet_parameters,
+)
 from erasure.methods.doco import DoCoConfig
 from pipelines.slots import SLOT
 from tests.helpers import TINY_DOCO, fresh
@@ -71,17 +77,19 @@ def test_inner_attack_finds_the_concept_before_the_update_and_less_after(tiny_pi
     assert after > 1.5 * found
 
 
-@pytest.mark.parametrize("trainable", ["kv", "xattn"])
+@pytest.mark.parametrize("trainable", ["kv", "xattn", "noxattn"])
 def test_robust_doco_changes_only_its_declared_parameters(tiny_pipeline, trainable):
-    config = DoCoConfig(**{**ROBUST, "trainable": trainable})
+    config = DoCoConfig(**{**ROBUST, "trainable": trainable, "retain_weight": 1.0})
     result = erase(tiny_pipeline, "van gogh", config=config, seed=0, progress=False)
-    changed = set(result.delta)
-    kv = {n for n in changed if ".attn2.to_k." in n or ".attn2.to_v." in n}
-    assert changed and all(".attn2." in n for n in changed)
+    changed = {n.removeprefix("unet.") for n in result.delta}
+    assert changed and changed <= set(unet_parameters(tiny_pipeline.unet, trainable))
     if trainable == "kv":
-        assert changed == kv
-    else:
+        assert all(".attn2.to_k." in n or ".attn2.to_v." in n for n in changed)
+    elif trainable == "xattn":
         assert any(".attn2.to_q." in n or ".attn2.to_out." in n for n in changed)
+    else:  # no K/V among them: the retain spring holds nothing and stays off
+        assert not any(".attn2." in n for n in changed)
+        assert not any("retain" in h for h in result.history)
     assert any("attack" in h for h in result.history)
 
 
