@@ -27,6 +27,7 @@ from pathlib import Path
 from erasure.canvas.world import PLAIN, UnknownConceptError, canonical
 from erasure.files import atomic_folder, slug
 from erasure.methods import METHODS
+from erasure.options import parse_option
 
 GAN_MODEL = "canvas-gan"
 
@@ -60,6 +61,12 @@ def parse_args(argv):
         "--robust",
         action="store_true",
         help="DoCo with the inner attack in its loop (DoCoConfig.robust; erasure/methods/adversaries.py)",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="field=value of the method's Config over its defaults (repeat; e.g. learning_rate=5e-6)",
     )
     parser.add_argument(
         "--no-eval", action="store_true", help="skip the evaluation (non-canvas models skip it anyway)"
@@ -108,6 +115,16 @@ def validate(args) -> tuple[list[str], Path]:
         raise UsageError("--eval-seeds must be at least 1.")
     if args.robust and (args.method != "doco" or args.model == GAN_MODEL):
         raise UsageError("--robust is robust DoCo: use it with --method doco on a text-to-image model.")
+    args.overrides = {"robust": True} if args.robust else {}
+    for item in args.config:
+        name, _, value = item.partition("=")
+        if not value or args.model == GAN_MODEL:
+            raise UsageError(f"--config {item!r} must read field=value, for a text-to-image method.")
+        try:
+            args.overrides[name] = parse_option(METHODS[args.method].Config, name, value)
+            METHODS[args.method].Config(**args.overrides)  # the method's own checks, before any model loads
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"--config {item!r}: {err}") from None
     if args.audit:
         from eval import audit
 
@@ -155,7 +172,7 @@ def run(args) -> Path:
                 concept,
                 method=args.method,
                 anchor=args.anchor,
-                config={"robust": True} if args.robust else None,
+                config=args.overrides or None,
                 steps=args.steps,
                 seed=args.seed,
                 checkpoint_dir=checkpoints / slug(concept),

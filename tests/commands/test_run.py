@@ -26,6 +26,10 @@ from erasure import run as cli
         (["--concept", "van gogh", "--audit", "--no-eval"], "--audit needs the Canvas world's judges"),
         (["--concept", "van gogh", "--model", "canvas-gan", "--audit"], "canvas-gan has no prompt"),
         (["--concept", "van gogh", "--method", "uce", "--robust"], "--robust is robust DoCo"),
+        (["--concept", "van gogh", "--config", "lr=0.1"], "DoCoConfig has no field 'lr'"),
+        (["--concept", "van gogh", "--config", "robust=maybe"], "'maybe' is not a valid bool for robust"),
+        (["--concept", "van gogh", "--config", "robust_attacks=pgd"], "robust_attacks must be among"),
+        (["--concept", "van gogh", "--config", "steps"], "must read field=value"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path, capsys, argv, message):
@@ -58,3 +62,16 @@ def test_the_same_run_twice_records_the_same_delta_hash(tiny_pipeline_dir, tmp_p
     assert hashes[0] == hashes[1]
     assert "erased pipeline written to" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "second"]  # no temporary folder left
+
+
+def test_config_values_are_typed_like_their_defaults():
+    from erasure.methods.doco import DoCoConfig
+    from erasure.options import parse_option
+
+    assert parse_option(DoCoConfig, "robust", "True") is True
+    assert parse_option(DoCoConfig, "learning_rate", "5e-6") == 5e-6
+    assert parse_option(DoCoConfig, "steps", "120") == 120
+    assert parse_option(DoCoConfig, "robust_attacks", "soft") == ("soft",)
+    assert parse_option(DoCoConfig, "d_betas", "0.5, 0.9") == (0.5, 0.9)
+    with pytest.raises(ValueError, match="not a valid int for steps"):
+        parse_option(DoCoConfig, "steps", "1.5")
