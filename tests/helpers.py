@@ -3,6 +3,9 @@ itself, a pipeline reloaded from its folder, and snapshots of a module's tensors
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -10,6 +13,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from erasure.canvas.sd_config import build_unet, build_vae, inference_scheduler
 from erasure.canvas.tokenizer import build_tokenizer
 from erasure.canvas.world import STYLES
+from erasure.engine import TrainingRun
 from erasure.gan.text_unlearn import POOL_SEED
 from pipelines.canvas_clip import CanvasClip
 from pipelines.stylegan import DiscriminatorConfig, Generator, GeneratorConfig
@@ -116,3 +120,19 @@ def pool_concept(G, clip_dir, pool) -> tuple[str, float]:
     threshold = float(p_style[:, 1].median())
     assert float(p_style[:, 1].min()) < threshold, "the random canvas-clip must tell the pooled samples apart"
     return concept, threshold
+
+
+@contextmanager
+def interrupted_after_checkpoint(monkeypatch, step: int):
+    """Inside, a training session raises KeyboardInterrupt right after writing its checkpoint of `step` (as if the
+    machine went away), and the block must end that way."""
+    save = TrainingRun._save
+
+    def save_then_crash(self, saved_step):
+        save(self, saved_step)
+        if saved_step == step:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(TrainingRun, "_save", save_then_crash)
+        yield

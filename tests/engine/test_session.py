@@ -7,7 +7,7 @@ import torch
 
 from erasure.engine import ErasureDiverged, TrainingRun, erase
 from erasure.methods.doco import DoCoConfig
-from tests.helpers import TINY_DOCO, fresh, pool_concept, small_generator
+from tests.helpers import TINY_DOCO, fresh, interrupted_after_checkpoint, pool_concept, small_generator
 
 
 def test_resume_matches_uninterrupted_run(tiny_pipeline, tiny_pipeline_dir, tmp_path, monkeypatch):
@@ -16,15 +16,7 @@ def test_resume_matches_uninterrupted_run(tiny_pipeline, tiny_pipeline_dir, tmp_
         tiny_pipeline, "van gogh", config=config, seed=3, checkpoint_dir=tmp_path / "a", progress=False
     )
 
-    save = TrainingRun._save
-
-    def save_then_crash(self, step):
-        save(self, step)
-        if step == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrainingRun, "_save", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_checkpoint(monkeypatch, 4):
         erase(
             fresh(tiny_pipeline_dir),
             "van gogh",
@@ -34,7 +26,6 @@ def test_resume_matches_uninterrupted_run(tiny_pipeline, tiny_pipeline_dir, tmp_
             progress=False,
         )
     assert (tmp_path / "b" / "step-000004" / "state.json").exists()
-    monkeypatch.setattr(TrainingRun, "_save", save)
     resumed = erase(
         fresh(tiny_pipeline_dir),
         "van gogh",
@@ -103,18 +94,10 @@ def test_unlearn_resumes_from_its_checkpoint(tiny_clip_dir, tmp_path, monkeypatc
     )
     whole, info = unlearn(small_generator(), [concept], config, clip_dir=tiny_clip_dir, progress=False)
 
-    save = TrainingRun._save
-
-    def save_then_crash(self, step):
-        save(self, step)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrainingRun, "_save", save_then_crash)
     kwargs = {"clip_dir": tiny_clip_dir, "progress": False, "checkpoint_dir": tmp_path}
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_checkpoint(monkeypatch, 2):
         unlearn(small_generator(), [concept], config, **kwargs)
     assert (tmp_path / "step-000002" / "state.json").exists()
-    monkeypatch.setattr(TrainingRun, "_save", save)
     resumed, resumed_info = unlearn(small_generator(), [concept], config, resume=True, **kwargs)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name

@@ -11,7 +11,7 @@ from erasure.methods import esd
 from erasure.methods.base import encode_prompts, forward_equivalents, unet_parameters
 from erasure.methods.doco import DoCoConfig
 from erasure.methods.esd import ESDConfig, esd_target, sample_until
-from tests.helpers import all_tensors, fresh
+from tests.helpers import all_tensors, fresh, interrupted_after_checkpoint
 
 TINY = {"steps": 3, "batch_size": 2, "ddim_steps": 4, "learning_rate": 1e-3, "use_request_prompts": True}
 
@@ -135,21 +135,11 @@ def test_partial_sampler_runs_the_pipelines_ddim_loop(tiny_pipeline):
 
 
 def test_resume_matches_uninterrupted_run(tiny_pipeline, tiny_pipeline_dir, tmp_path, monkeypatch):
-    from erasure.engine import TrainingRun
-
     config = ESDConfig(**{**TINY, "steps": 4, "checkpoint_every": 2})
     whole = erase(tiny_pipeline, "monet", method="esd", config=config, seed=1, progress=False)
-    save = TrainingRun._save
-
-    def save_then_crash(self, step):
-        save(self, step)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrainingRun, "_save", save_then_crash)
     kwargs = {"method": "esd", "config": config, "seed": 1, "checkpoint_dir": tmp_path, "progress": False}
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_checkpoint(monkeypatch, 2):
         erase(fresh(tiny_pipeline_dir), "monet", **kwargs)
-    monkeypatch.setattr(TrainingRun, "_save", save)
     resumed = erase(fresh(tiny_pipeline_dir), "monet", resume=True, **kwargs)
     assert resumed.delta.keys() == whole.delta.keys()
     assert all(torch.equal(whole.delta[n], resumed.delta[n]) for n in whole.delta)

@@ -17,7 +17,7 @@ from erasure.methods.base import (
 )
 from erasure.methods.doco import DoCoConfig
 from pipelines.slots import SLOT
-from tests.helpers import TINY_DOCO, fresh
+from tests.helpers import TINY_DOCO, fresh, interrupted_after_checkpoint
 
 ROBUST = {**TINY_DOCO, "robust": True, "robust_every": 1, "robust_iterations": 2, "robust_prompts": 2}
 
@@ -96,37 +96,17 @@ def test_robust_doco_changes_only_its_declared_parameters(tiny_pipeline, trainab
 def test_robust_run_resumes_to_the_uninterrupted_result(
     tiny_pipeline, tiny_pipeline_dir, tmp_path, monkeypatch
 ):
+    """The inner attack's embeddings are in the checkpoint: a run interrupted at step 4 resumes to the same delta."""
     config = DoCoConfig(**{**ROBUST, "steps": 6, "d_warmup": 2})
-    whole = erase(
-        tiny_pipeline, "van gogh", config=config, seed=3, checkpoint_dir=tmp_path / "a", progress=False
-    )
 
-    save = TrainingRun._save
-
-    def save_then_crash(self, step):
-        save(self, step)
-        if step == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrainingRun, "_save", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        erase(
-            fresh(tiny_pipeline_dir),
-            "van gogh",
-            config=config,
-            seed=3,
-            checkpoint_dir=tmp_path / "b",
-            progress=False,
+    def run(folder, pipeline, resume=False):
+        return erase(
+            pipeline, "van gogh", config=config, seed=3, checkpoint_dir=folder, resume=resume, progress=False
         )
-    monkeypatch.setattr(TrainingRun, "_save", save)
-    resumed = erase(
-        fresh(tiny_pipeline_dir),
-        "van gogh",
-        config=config,
-        seed=3,
-        checkpoint_dir=tmp_path / "b",
-        resume=True,
-        progress=False,
-    )
+
+    whole = run(tmp_path / "a", tiny_pipeline)
+    with interrupted_after_checkpoint(monkeypatch, 4):
+        run(tmp_path / "b", fresh(tiny_pipeline_dir))
+    resumed = run(tmp_path / "b", fresh(tiny_pipeline_dir), resume=True)
     assert all(torch.equal(whole.delta[n], resumed.delta[n]) for n in whole.delta)
     assert [h.get("attack") for h in resumed.history] == [h.get("attack") for h in whole.history]
