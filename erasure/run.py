@@ -69,6 +69,12 @@ def parse_args(argv):
         help="field=value of the method's Config over its defaults (repeat; e.g. learning_rate=5e-6)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: up to 2; 1 per process when runs share the cores)",
+    )
+    parser.add_argument(
         "--no-eval", action="store_true", help="skip the evaluation (non-canvas models skip it anyway)"
     )
     parser.add_argument(
@@ -113,6 +119,8 @@ def validate(args) -> tuple[list[str], Path]:
         raise UsageError(f"--method {args.method} is a closed-form edit and takes no --steps.")
     if args.eval_seeds < 1:
         raise UsageError("--eval-seeds must be at least 1.")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1.")
     if args.robust and (args.method != "doco" or args.model == GAN_MODEL):
         raise UsageError("--robust is robust DoCo: use it with --method doco on a text-to-image model.")
     args.overrides = {"robust": True} if args.robust else {}
@@ -154,7 +162,7 @@ def run(args) -> Path:
     from pipelines.loading import PipelineLoadError, load_pipeline
 
     concepts, out = validate(args)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
     try:
         base = load_pipeline(args.model)
     except PipelineLoadError as err:
@@ -224,7 +232,7 @@ def run_canvas_gan(args) -> Path:
     from erasure.gan import TextUnlearnConfig
     from pipelines.stylegan import load_generator, save_generator
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = load_generator(CANVAS_GAN, device)
     checkpoints = out.with_name(out.name + ".checkpoints")

@@ -7,7 +7,8 @@ pipeline` function; `METHODS` names them for the engine (`erasure.engine.erase`)
 from collections.abc import Callable
 from typing import NamedTuple
 
-from erasure.methods import ca, doco, esd, uce
+from erasure.methods import advunlearn, ca, doco, esd, stereo, uce
+from erasure.methods.advunlearn import AdvUnlearnConfig
 from erasure.methods.base import (
     ErasureRequest,
     build_request,
@@ -19,6 +20,7 @@ from erasure.methods.ca import CAConfig
 from erasure.methods.config import MethodConfig
 from erasure.methods.doco import DoCoConfig, PatchDiscriminator, surgery
 from erasure.methods.esd import ESDConfig
+from erasure.methods.stereo import STEREOConfig
 from erasure.methods.uce import UCEConfig, uce_weight
 
 
@@ -34,10 +36,13 @@ METHODS: dict[str, Method] = {
     "esd": Method(ESDConfig, esd.run),
     "uce": Method(UCEConfig, uce.run),
     "ca": Method(CAConfig, ca.run),
+    "advunlearn": Method(AdvUnlearnConfig, advunlearn.run),
+    "stereo": Method(STEREOConfig, stereo.run),
 }
 
 __all__ = [
     "METHODS",
+    "AdvUnlearnConfig",
     "CAConfig",
     "DoCoConfig",
     "ESDConfig",
@@ -45,6 +50,7 @@ __all__ = [
     "Method",
     "MethodConfig",
     "PatchDiscriminator",
+    "STEREOConfig",
     "UCEConfig",
     "build_request",
     "cross_attention_kv",

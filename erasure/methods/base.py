@@ -161,7 +161,12 @@ def template_prompt_pairs(concept: str, kind: str, anchor: str) -> tuple[list[st
 
 def select_pairs(request: ErasureRequest, n: int, seed: int) -> list[int]:
     """Indices of `n` prompt pairs: a seeded shuffle of all pairs, cycled when n exceeds their number."""
-    order = list(range(len(request.target_prompts)))
+    return seeded_cycle(len(request.target_prompts), n, seed)
+
+
+def seeded_cycle(items: int, n: int, seed: int) -> list[int]:
+    """`n` indices into `items` things: a seeded shuffle of all of them, cycled when n exceeds their number."""
+    order = list(range(items))
     random.Random(seed).shuffle(order)
     return [order[i % len(order)] for i in range(n)]
 
@@ -275,18 +280,25 @@ class AnchorData:
     Latents are `request.anchor_latents` when given, else generated once by the frozen pipeline from a seeded
     choice of anchor prompts (`config.num_anchor_images`, `anchor_steps`, `anchor_guidance`, `anchor_batch`) and
     cached beside the session's checkpoints. Latent i belongs to prompt pair `pair[i]`.
+
+    With `retain_images` = n, the same for the request's retain prompts instead: n images of the rest of the world
+    from the same sampler settings, cached apart; latent i then belongs to retain prompt `pair[i]`.
     """
 
-    def __init__(self, pipeline, request: ErasureRequest, config, session, scheduler):
+    def __init__(self, pipeline, request: ErasureRequest, config, session, scheduler, retain_images=None):
         device = session.device
-        if request.anchor_latents is not None:
-            latents = request.anchor_latents.to(device, torch.float32)
-            self.pair = torch.tensor(select_pairs(request, len(latents), session.seed), device=device)
+        if retain_images is not None:
+            if not request.retain_prompts:
+                raise ValueError("the request has no retain prompts to generate retain images from.")
+            prompts, count, name = request.retain_prompts, retain_images, "retain_latents"
         else:
-            self.pair = torch.tensor(
-                select_pairs(request, config.num_anchor_images, session.seed), device=device
-            )
-            prompts = [request.anchor_prompts[i] for i in self.pair.tolist()]
+            prompts, count, name = request.anchor_prompts, config.num_anchor_images, "anchor_latents"
+        if request.anchor_latents is not None and retain_images is None:
+            latents = request.anchor_latents.to(device, torch.float32)
+            self.pair = torch.tensor(seeded_cycle(len(prompts), len(latents), session.seed), device=device)
+        else:
+            self.pair = torch.tensor(seeded_cycle(len(prompts), count, session.seed), device=device)
+            chosen = [prompts[i] for i in self.pair.tolist()]
             args = (
                 config.anchor_steps,
                 config.anchor_guidance,
@@ -294,9 +306,7 @@ class AnchorData:
                 config.anchor_batch,
                 session.progress,
             )
-            latents = session.cached(
-                "anchor_latents", lambda: generate_anchor_latents(pipeline, prompts, *args)
-            )
+            latents = session.cached(name, lambda: generate_anchor_latents(pipeline, chosen, *args))
         # A fixed memory format: convolutions round differently in channels-last.
         self.latents = latents.contiguous()
         self.scheduler, self.generator, self.device = scheduler, session.generator, device

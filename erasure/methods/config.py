@@ -44,6 +44,12 @@ class MethodConfig:
                 valid = ", ".join(repr(c) for c in choices)
                 raise ValueError(f"{f.name} must be one of {valid}, not {getattr(self, f.name)!r}.")
 
+    def require_positive(self, *names: str) -> None:
+        """Refuse, in one sentence, any of the integer fields `names` below 1."""
+        for name in names:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
+
     @classmethod
     def help(cls) -> dict[str, str]:
         """Every field's documentation, by name."""

@@ -29,6 +29,11 @@ STEREO do with their own erasers. Keys and values alone may not be able to remov
 a new embedding: `trainable` widens the trained set (ESD's 'xattn' and 'noxattn', or 'full'); the retain spring
 then holds the key/value projections among them, the prior loss and the surgery the rest.
 
+Retain distillation (`retain_distill` > 0; not in the paper) holds any trained set, not only keys and values:
+`num_retain_images` images of the retain prompts are generated once by the frozen pipeline, and every UNet
+update adds `retain_distill` times the (clipped) gradient of |eps_student(x_t, c) - eps_teacher(x_t, c)|^2 on
+noised retain images x_t with their own captions c, so the rest of the world keeps the teacher's denoiser.
+
 `adversarial=False` is the ablation without the discriminator: g_a comes from matching the trainable UNet's noise
 prediction for the target prompt to the teacher's for the anchor prompt (Concept Ablation, model-based), with
 the same schedule of UNet updates and the same surgery.
@@ -96,6 +101,12 @@ class DoCoConfig(AnchorImagesConfig):
         True, "False: noise matching to the teacher instead of the discriminator (ablation)"
     )
     num_anchor_images: int = option(1000, "anchor images generated once by the frozen pipeline")
+    retain_distill: float = option(
+        0.0, "weight of the retain distillation gradient (module docstring; 0 = off, as the paper)"
+    )
+    num_retain_images: int = option(
+        64, "retain images generated once by the frozen pipeline, for distillation"
+    )
     gradient_checkpointing: bool = option(False, "trade compute for memory in the trainable UNet")
     trainable: TrainableSet = option(
         "kv", "UNet parameters that train: 'kv' (the paper's), 'xattn', 'noxattn' or 'full' (TrainableSet)"
@@ -161,6 +172,11 @@ class DoCoConfig(AnchorImagesConfig):
         generation = self.num_anchor_images * self.anchor_steps * 2
         forward = generation + self.d_warmup * 2 * self.batch_size + updates * 3 * self.batch_size
         backward = updates * 2 * self.batch_size
+        if (
+            self.retain_distill > 0
+        ):  # retain images once; then teacher and student forwards, a student backward
+            forward += self.num_retain_images * self.anchor_steps * 2 + updates * 2 * self.batch_size
+            backward += updates * self.batch_size
         if self.robust:  # each attack iteration: teacher and student forwards, a student backward
             attacked = math.ceil(updates / self.robust_every) * len(self.robust_attacks) * self.robust_prompts
             forward += attacked * self.robust_iterations * 2
@@ -273,6 +289,10 @@ def run(pipeline, request, config: DoCoConfig, session):
     kv = {n: p for n, p in cross_attention_kv(teacher).items() if n in params}  # what the spring can hold
     if config.retain_weight > 0 and request.retain_prompts and kv:
         spring = RetainSpring(kv, encode_prompts(pipeline, request.retain_prompts, device))
+    retain = None
+    if config.retain_distill > 0 and request.retain_prompts:
+        retain = AnchorData(pipeline, request, config, session, scheduler, config.num_retain_images)
+        retain_emb = encode_prompts(pipeline, request.retain_prompts, device)
     adversaries = None
     if config.robust:
         adversaries = AdversarialPrompts(
@@ -363,6 +383,16 @@ def run(pipeline, request, config: DoCoConfig, session):
                     for n, u in zip(params, update)
                 ]
                 losses["retain"] = spring.loss(params)
+            if retain is not None:
+                _, _, t_r, x_r, k_r = retain.batch(config.batch_size, config.hflip)
+                with torch.no_grad(), accelerator.autocast():
+                    eps_kept = teacher(x_r, t_r, encoder_hidden_states=retain_emb[k_r]).sample.float()
+                with accelerator.autocast():
+                    eps_r = unet(x_r, t_r, encoder_hidden_states=retain_emb[k_r]).sample.float()
+                distill_loss = F.mse_loss(eps_r, eps_kept)
+                g_r = _clip(gradients(distill_loss), config.max_grad_norm)
+                update = [u + config.retain_distill * r for u, r in zip(update, g_r)]
+                losses["distill"] = distill_loss.item()
             for p, g in zip(params.values(), update):
                 p.grad = g
             optimizer.step()

@@ -71,8 +71,7 @@ class ESDConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.ddim_steps < 1:
-            raise ValueError("ddim_steps must be at least 1.")
+        self.require_positive("ddim_steps")
 
     @classmethod
     def sd(cls, kind: str = "style") -> ESDConfig:

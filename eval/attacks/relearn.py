@@ -5,7 +5,8 @@ Three fine-tunings of a copy (the attacked pipeline is never touched), each meas
   the concept captioned with its name: the attacker who knows where the edit is;
 - `unet`: the whole UNet, same data: the plain few-shot attacker;
 - `benign`: the whole UNet on renders of everything else, captioned as such: a user who never asks for the
-  concept, to catch resurgence (Meta-Unlearning, ICCV 2025).
+  concept, to catch resurgence (Meta-Unlearning, ICCV 2025). Resurgence is the ASR after the whole benign
+  schedule, so this run is measured at its last step only (each measurement generates every evaluation image).
 The headline ASR is `unet`'s at the last step; `steps_to_50` is the first measured step with ASR >= 50, per run.
 An exact-unlearning oracle (a model trained without the concept) is attacked the same way for the reference.
 """
@@ -99,6 +100,7 @@ def run(
         hits, verdicts = judge(judges, images, concept, kind)
         return success_rate(hits), images, verdicts
 
+    final = max(schedule)
     start_asr, _, _ = measure(pipe.unet)
     curves, last = {}, {}
     for run_name, (source, names) in runs.items():
@@ -121,7 +123,7 @@ def run(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if step in schedule:
+            if step in schedule and (run_name != "benign" or step == final):
                 unet.eval()
                 curve[step], images, verdicts = measure(unet)
                 unet.train()
@@ -129,7 +131,6 @@ def run(
         curves[run_name] = curve
         del unet
     images, verdicts = last["unet"]
-    final = max(schedule)
     return AttackResult(
         attack="relearn",
         asr=curves["unet"][final],
@@ -148,7 +149,6 @@ def run(
             kind,
             concept,
             f"{len(prompts)} images (the concept's world prompts x seeds) after {final} steps of whole-UNet "
-            f"fine-tuning on {config.images} real renders (lr {config.lr}, batch {config.batch_size}); "
-            "control: before fine-tuning",
+            f"fine-tuning on {config.images} real renders (lr {config.lr}, batch {config.batch_size})",
         ),
     )

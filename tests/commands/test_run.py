@@ -30,6 +30,8 @@ from erasure import run as cli
         (["--concept", "van gogh", "--config", "robust=maybe"], "'maybe' is not a valid bool for robust"),
         (["--concept", "van gogh", "--config", "robust_attacks=pgd"], "robust_attacks must be among"),
         (["--concept", "van gogh", "--config", "steps"], "must read field=value"),
+        (["--concept", "van gogh", "--threads", "0"], "--threads must be at least 1"),
+        (["--concept", "van gogh", "--method", "stereo", "--config", "steps=10"], "REO's iterations"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path, capsys, argv, message):

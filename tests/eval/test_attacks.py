@@ -229,7 +229,9 @@ def test_relearn_fine_tunes_copies_and_finds_the_touched_parameters(
     after = all_tensors(tiny_pipeline)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert set(result.details["asr_curves"]) == {"touched", "unet", "benign"}
-    assert all(list(c) == ["0", "1", "2"] for c in result.details["asr_curves"].values())
+    curves = result.details["asr_curves"]
+    assert list(curves["touched"]) == list(curves["unet"]) == ["0", "1", "2"]
+    assert list(curves["benign"]) == ["0", "2"]  # resurgence: measured after the whole benign schedule
     assert result.details["touched_parameters"] == 1
     assert result.control_asr == result.details["asr_curves"]["unet"]["0"]
 

@@ -1,0 +1,237 @@
+"""AdvUnlearn: adversarial training for robust concept erasure (Zhang et al., NeurIPS 2024, OPTML-Group/AdvUnlearn).
+
+A bi-level loop around ESD's objective. The text encoder trains (the paper's ablation found it the most robust and
+the most transferable module to erase in); the UNet and the VAE stay frozen. Each iteration:
+
+1. x_t: a partial DDIM generation of the concept's prompt c by the original model, stopped at a random step i,
+   at the timestep t_i it has reached (ESD's data, `erasure.methods.esd.sample_until`).
+2. Attack (after `warmup` iterations, every `attack_every`): `attack_tokens` soft prefix embeddings are put in
+   front of c, and `attack_steps` Adam steps move them so that the UNet, fed the *current* text encoder's states of
+   "prefix + c", predicts what the original model predicts for c: the attacker brings the concept back. The
+   prefix is warm-started from the previous attack ('latest', the official default).
+3. Unlearning step: the current text encoder's states of "prefix + c" (plain c during the warm-up) should make
+   the UNet predict ESD's negatively guided target eps*(x_t, '') - eta (eps*(x_t, c) - eps*(x_t, '')).
+4. Retain step ('iter', the official default): for `retain_batch` retain prompts (the other concepts' captions,
+   standing in for the paper's COCO object prompts), a partial generation x_r by the original model, and the
+   current text encoder's states should give the UNet the original's prediction for them.
+
+`train_method` names the official choices kept here: 'text_encoder_full' (every encoder layer) and
+'text_encoder_layer0' (the first layer only); layer norms and token embeddings stay frozen, as the official
+default (`--norm_layer` off; the prefix enters as input embeddings, never through the table).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+
+from erasure.methods.base import encode_prompts
+from erasure.methods.config import MethodConfig, option
+from erasure.methods.esd import esd_target, sample_until
+from pipelines.diffusion import tokenize
+from pipelines.slots import SLOT, encode_with_slots, slot_ids
+
+TextEncoderSet = Literal["text_encoder_full", "text_encoder_layer0"]
+
+
+@dataclass
+class AdvUnlearnConfig(MethodConfig):
+    """AdvUnlearn's settings. The field defaults are the official SD 1.4 ones (train-scripts/AdvUnlearn.py:
+    1000 iterations at lr 1e-5 with Adam, 200 warm-up iterations, a 1-token prefix attacked for 30 steps at lr
+    1e-3 before every iteration, start guidance 3, negative guidance 1, DDIM 50, retain batch 5, one retain step
+    per iteration); `AdvUnlearnConfig.canvas(kind)` gives the canvas-sd ones."""
+
+    method_name: ClassVar[str] = "AdvUnlearn"
+
+    steps: int = option(1000, "iterations, warm-up included (one unlearning and one retain step each)")
+    warmup: int = option(200, "iterations on the plain concept prompt before the attack starts")
+    learning_rate: float = option(1e-5, "Adam learning rate of the text encoder")
+    train_method: TextEncoderSet = option(
+        "text_encoder_full", "'text_encoder_full' (every encoder layer) or 'text_encoder_layer0'"
+    )
+    batch_size: int = option(1, "partial generations of the concept per iteration")
+    negative_guidance: float = option(1.0, "eta of ESD's negatively guided target")
+    sample_guidance: float = option(
+        3.0, "classifier-free guidance of the partial generations ('start_guidance')"
+    )
+    ddim_steps: int = option(50, "DDIM schedule of the partial generations")
+    attack_tokens: int = option(1, "soft prefix embeddings of the attack ('adv_prompt_num')")
+    attack_steps: int = option(30, "Adam steps of each attack")
+    attack_lr: float = option(1e-3, "Adam learning rate of the attack's embeddings")
+    attack_every: int = option(1, "iterations between two attacks ('adv_prompt_update_step')")
+    retain_batch: int = option(5, "retain prompts per retain step")
+    use_request_prompts: bool = option(
+        False, "False: the concept's name is the prompt c (paper); True: the request's target prompts"
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.require_positive("ddim_steps", "attack_tokens", "attack_steps", "attack_every", "retain_batch")
+
+    @classmethod
+    def canvas(cls, kind: str = "style") -> AdvUnlearnConfig:
+        """Canvas-sd: the world's captions as c, its 20-step schedule, 120 iterations of batch 4 (24 of warm-up)
+        with 10 attack steps every 2 iterations, at 10x the official rates for the 8x fewer iterations; at
+        least robust DoCo's canvas compute (`unet_passes`). Measured in docs/robust.md."""
+        from erasure.canvas.sd_config import INFERENCE_STEPS
+
+        return replace(
+            cls(),
+            steps=120,
+            warmup=24,
+            learning_rate=1e-4,
+            batch_size=4,
+            ddim_steps=INFERENCE_STEPS,
+            attack_steps=10,
+            attack_every=2,
+            attack_lr=1e-2,
+            retain_batch=4,
+            use_request_prompts=True,
+            checkpoint_every=40,
+        )
+
+    def unet_passes(self) -> dict[str, float]:
+        """Expected single-sample UNet passes: partial generations (two passes per step, guidance) and ESD's
+        target for the concept, the attacks (the original's goal once, a forward and a backward per step), the
+        unlearning step, and the retain step (generation, the original's prediction, forward and backward)."""
+        mean_stop = (self.ddim_steps - 1) / 2
+        attacks = max(0, self.steps - self.warmup) / self.attack_every
+        concept = self.steps * self.batch_size * (2 * mean_stop + 2 + 1)
+        retain = self.steps * self.retain_batch * (2 * mean_stop + 1 + 1)
+        attack = attacks * self.batch_size * (1 + self.attack_steps)
+        forward = concept + retain + attack
+        backward = (
+            self.steps * (self.batch_size + self.retain_batch) + attacks * self.batch_size * self.attack_steps
+        )
+        return {"forward": float(forward), "backward": float(backward)}
+
+
+def text_encoder_parameters(text_encoder, which: str) -> dict[str, torch.nn.Parameter]:
+    """The encoder-layer parameters of `which` ('text_encoder_full': every layer; 'text_encoder_layer0': the
+    first), layer norms left out, by name."""
+    params = {}
+    for name, p in text_encoder.named_parameters():
+        layer = re.search(r"(?:^|\.)encoder\.layers\.(\d+)\.", name)
+        if layer is None or "layer_norm" in name:
+            continue
+        if which == "text_encoder_full" or (which == "text_encoder_layer0" and layer.group(1) == "0"):
+            params[name] = p
+    if not params:
+        raise ValueError(f"the text encoder has no parameters in the trainable set {which!r}.")
+    return params
+
+
+def run(pipeline, request, config: AdvUnlearnConfig, session):
+    """Train AdvUnlearn on `pipeline` for `request`; returns a new pipeline sharing every component but the text
+    encoder."""
+    accelerator, device, gen = session.accelerator, session.device, session.generator
+
+    # 1. Models: the UNet and the original text encoder frozen; a copy of the text encoder trains.
+    for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
+        module.requires_grad_(False).to(device)
+    unet = pipeline.unet.eval()
+    encoder = copy.deepcopy(pipeline.text_encoder).train()
+    params = text_encoder_parameters(encoder, config.train_method)
+    for p in params.values():
+        p.requires_grad_(True)
+    sampler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    sampler.set_timesteps(config.ddim_steps, device=device)
+
+    # 2. Prompts: c (the concept's name, or the world captions), its prefixed form, the retain prompts.
+    prompts = list(request.target_prompts) if config.use_request_prompts else [request.concept]
+    retain = list(request.retain_prompts) or prompts
+    tokenizer = pipeline.tokenizer
+    plain_ids = tokenize(pipeline, prompts).input_ids
+    retain_ids = tokenize(pipeline, retain).input_ids
+    prefixed_ids, prefixed_mask = slot_ids(
+        tokenizer, [" ".join([SLOT] * config.attack_tokens + [p]) for p in prompts]
+    )
+    original_cond = encode_prompts(pipeline, prompts, device)
+    original_retain = encode_prompts(pipeline, retain, device)
+    uncond = encode_prompts(pipeline, [""], device)
+    weight = encoder.get_input_embeddings().weight.detach().float()
+    start = torch.randint(len(weight), (config.attack_tokens,), generator=gen, device=gen.device).cpu()
+    prefix = weight[start].to(device).clone()
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def states(ids, rows, vectors=None):
+        """The trainable text encoder's hidden states of prompts `rows` of `ids`, the prefix slots filled with
+        `vectors` (for the prefixed prompts)."""
+        rows = rows.cpu()
+        if vectors is None:
+            return encoder(ids[rows].to(device))[0].float()
+        return encode_with_slots(encoder, ids[rows], prefixed_mask[rows], vectors).float()
+
+    def partial(cond, n):
+        """x_t of a partial generation of `cond` by the original model, and its timestep t."""
+        stop = int(torch.randint(config.ddim_steps, (1,), generator=gen, device=gen.device))
+        noise = torch.randn((n, unet.config.in_channels, *size), generator=gen, device=gen.device)
+        noise = noise.to(device) * sampler.init_noise_sigma
+        x_t = sample_until(unet, sampler, noise, cond, uncond, stop, config.sample_guidance)
+        return x_t, sampler.timesteps[stop].expand(n)
+
+    # 3. Optimizer (Adam, as the official script) and checkpoint state (the prefix included).
+    optimizer = accelerator.prepare(torch.optim.Adam(list(params.values()), lr=config.learning_rate))
+    state = {f"text_encoder.{n}": p for n, p in params.items()}
+    state["adversary.prefix"] = prefix
+    session.track(state, {"text_encoder": optimizer})
+
+    # 4. The loop.
+    for step in range(session.start_step(), config.steps):
+        losses = {}
+        k = torch.randint(len(prompts), (config.batch_size,), generator=gen, device=gen.device)
+        cond = original_cond[k.to(device)]
+        with accelerator.autocast():
+            x_t, t = partial(cond, config.batch_size)
+            target = esd_target(unet, x_t, t, cond, uncond, config.negative_guidance)
+        attacking = step >= config.warmup
+        if attacking and (step - config.warmup) % config.attack_every == 0:
+            with torch.no_grad():
+                goal = unet(x_t, t, encoder_hidden_states=cond).sample.float()
+            vectors = prefix.clone().requires_grad_(True)
+            attack_optimizer = torch.optim.Adam([vectors], lr=config.attack_lr)
+            encoder.requires_grad_(False)
+            for _ in range(config.attack_steps):
+                pred = unet(x_t, t, encoder_hidden_states=states(prefixed_ids, k, vectors)).sample
+                attack_loss = F.mse_loss(pred.float(), goal)
+                (vectors.grad,) = torch.autograd.grad(attack_loss, [vectors])
+                attack_optimizer.step()
+            for p in params.values():
+                p.requires_grad_(True)
+            prefix.copy_(vectors.detach())
+            losses["attack"] = attack_loss.item()
+
+        # Unlearning: the (prefixed) concept prompt through the trainable encoder -> ESD's target.
+        hidden = states(prefixed_ids, k, prefix) if attacking else states(plain_ids, k)
+        with accelerator.autocast():
+            loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=hidden).sample.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        losses["esd"] = loss.item()
+
+        # Retain: other prompts through the trainable encoder -> the original model's prediction.
+        r = torch.randint(len(retain), (config.retain_batch,), generator=gen, device=gen.device)
+        kept = original_retain[r.to(device)]
+        with accelerator.autocast():
+            x_r, t_r = partial(kept, config.retain_batch)
+            with torch.no_grad():
+                goal_r = unet(x_r, t_r, encoder_hidden_states=kept).sample.float()
+            hidden_r = states(retain_ids, r)
+            retain_loss = F.mse_loss(unet(x_r, t_r, encoder_hidden_states=hidden_r).sample.float(), goal_r)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(retain_loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses["retain"] = retain_loss.item()
+        session.end_step(step, losses)
+
+    encoder.requires_grad_(False).eval()
+    return type(pipeline).from_pipe(pipeline, text_encoder=encoder)
