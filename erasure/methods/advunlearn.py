@@ -4,7 +4,7 @@ A bi-level loop around ESD's objective. The text encoder trains (the paper's abl
 the most transferable module to erase in); the UNet and the VAE stay frozen. Each iteration:
 
 1. x_t: a partial DDIM generation of the concept's prompt c by the original model, stopped at a random step i,
-   at the timestep t_i it has reached (ESD's data, `erasure.methods.esd.sample_until`).
+   at the timestep t_i it has reached (ESD's data, `erasure.methods.esd.partial_generation`).
 2. Attack (after `warmup` iterations, every `attack_every`): `attack_tokens` soft prefix embeddings are put in
    front of c, and `attack_steps` Adam steps move them so that the UNet, fed the *current* text encoder's states of
    "prefix + c", predicts what the original model predicts for c: the attacker brings the concept back. The
@@ -33,7 +33,7 @@ from diffusers import DDIMScheduler
 
 from erasure.methods.base import encode_prompts
 from erasure.methods.config import MethodConfig, option
-from erasure.methods.esd import esd_target, sample_until
+from erasure.methods.esd import esd_target, partial_generation
 from pipelines.diffusion import tokenize
 from pipelines.slots import SLOT, encode_with_slots, slot_ids
 
@@ -158,8 +158,6 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
     weight = encoder.get_input_embeddings().weight.detach().float()
     start = torch.randint(len(weight), (config.attack_tokens,), generator=gen, device=gen.device).cpu()
     prefix = weight[start].to(device).clone()
-    size = unet.config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
 
     def states(ids, rows, vectors=None):
         """The trainable text encoder's hidden states of prompts `rows` of `ids`, the prefix slots filled with
@@ -168,14 +166,6 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
         if vectors is None:
             return encoder(ids[rows].to(device))[0].float()
         return encode_with_slots(encoder, ids[rows], prefixed_mask[rows], vectors).float()
-
-    def partial(cond, n):
-        """x_t of a partial generation of `cond` by the original model, and its timestep t."""
-        stop = int(torch.randint(config.ddim_steps, (1,), generator=gen, device=gen.device))
-        noise = torch.randn((n, unet.config.in_channels, *size), generator=gen, device=gen.device)
-        noise = noise.to(device) * sampler.init_noise_sigma
-        x_t = sample_until(unet, sampler, noise, cond, uncond, stop, config.sample_guidance)
-        return x_t, sampler.timesteps[stop].expand(n)
 
     # 3. Optimizer (Adam, as the official script) and checkpoint state (the prefix included).
     optimizer = accelerator.prepare(torch.optim.Adam(list(params.values()), lr=config.learning_rate))
@@ -189,7 +179,7 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
         k = torch.randint(len(prompts), (config.batch_size,), generator=gen, device=gen.device)
         cond = original_cond[k.to(device)]
         with accelerator.autocast():
-            x_t, t = partial(cond, config.batch_size)
+            x_t, t = partial_generation(unet, sampler, cond, uncond, config.sample_guidance, gen)
             target = esd_target(unet, x_t, t, cond, uncond, config.negative_guidance)
         attacking = step >= config.warmup
         if attacking and (step - config.warmup) % config.attack_every == 0:
@@ -221,7 +211,7 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
         r = torch.randint(len(retain), (config.retain_batch,), generator=gen, device=gen.device)
         kept = original_retain[r.to(device)]
         with accelerator.autocast():
-            x_r, t_r = partial(kept, config.retain_batch)
+            x_r, t_r = partial_generation(unet, sampler, kept, uncond, config.sample_guidance, gen)
             with torch.no_grad():
                 goal_r = unet(x_r, t_r, encoder_hidden_states=kept).sample.float()
             hidden_r = states(retain_ids, r)

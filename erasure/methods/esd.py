@@ -121,6 +121,23 @@ def sample_until(unet, scheduler, latents, cond, uncond, stop: int, guidance: fl
     return latents
 
 
+def partial_generation(
+    unet, sampler, cond, uncond, guidance: float, generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ESD's x_t: a stop index i drawn uniformly from the sampler's schedule, fresh noise, and `sample_until` for i
+    steps; returns (x_t, the timestep t_i it has reached, one per row of `cond`)."""
+    steps = len(sampler.timesteps)
+    stop = int(torch.randint(steps, (1,), generator=generator, device=generator.device))
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    noise = torch.randn(
+        (len(cond), unet.config.in_channels, *size), generator=generator, device=generator.device
+    )
+    noise = noise.to(cond.device) * sampler.init_noise_sigma
+    x_t = sample_until(unet, sampler, noise, cond, uncond, stop, guidance)
+    return x_t, sampler.timesteps[stop].expand(len(cond))
+
+
 @torch.no_grad()
 def esd_target(teacher, x_t, t, cond, uncond, negative_guidance: float) -> torch.Tensor:
     """eps*(x_t, '') - eta * (eps*(x_t, c) - eps*(x_t, '')): the frozen teacher, negatively guided."""
@@ -149,9 +166,6 @@ def run(pipeline, request, config: ESDConfig, session):
     prompts = list(request.target_prompts) if config.use_request_prompts else [request.concept]
     cond_emb = encode_prompts(pipeline, prompts, device)
     uncond_emb = encode_prompts(pipeline, [""], device)
-    size = unet.config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    shape = (config.batch_size, unet.config.in_channels, *size)
 
     # 3. Optimizer (Adam, as both official scripts) and checkpoint state.
     optimizer = accelerator.prepare(torch.optim.Adam(list(params.values()), lr=config.learning_rate))
@@ -161,11 +175,8 @@ def run(pipeline, request, config: ESDConfig, session):
     for step in range(session.start_step(), config.steps):
         k = torch.randint(len(prompts), (config.batch_size,), generator=gen, device=device)
         cond = cond_emb[k]
-        stop = int(torch.randint(config.ddim_steps, (1,), generator=gen, device=device))
-        noise = torch.randn(shape, generator=gen, device=device) * sampler.init_noise_sigma
         with accelerator.autocast():
-            x_t = sample_until(sampling_unet, sampler, noise, cond, uncond_emb, stop, config.sample_guidance)
-            t = sampler.timesteps[stop].expand(config.batch_size)
+            x_t, t = partial_generation(sampling_unet, sampler, cond, uncond_emb, config.sample_guidance, gen)
             target = esd_target(teacher, x_t, t, cond, uncond_emb, config.negative_guidance)
             pred = unet(x_t, t, encoder_hidden_states=cond).sample.float()
         loss = F.mse_loss(pred, target)

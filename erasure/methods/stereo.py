@@ -39,7 +39,7 @@ from erasure.methods.base import (
     unet_parameters,
 )
 from erasure.methods.config import AnchorImagesConfig, option
-from erasure.methods.esd import sample_until
+from erasure.methods.esd import partial_generation
 from pipelines.diffusion import diffusion_target
 from pipelines.slots import encode_with_slots, slot_ids
 
@@ -153,8 +153,6 @@ def run(pipeline, request, config: STEREOConfig, session):
     sampler = DDIMScheduler.from_config(pipeline.scheduler.config)
     sampler.set_timesteps(config.ddim_steps, device=device)
     noising = DDPMScheduler.from_config(pipeline.scheduler.config)
-    size = unet.config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
 
     # Prompts: plain (concept named) and with the concept's name as a slot for a token.
     prompts = list(request.target_prompts) if config.use_request_prompts else [request.concept]
@@ -174,20 +172,6 @@ def run(pipeline, request, config: STEREOConfig, session):
         rows = rows.cpu()
         return encode_with_slots(pipeline.text_encoder, slot_prompt_ids[rows], slot_mask[rows], token).float()
 
-    def partial(model, cond):
-        stop = int(torch.randint(config.ddim_steps, (1,), generator=gen, device=gen.device))
-        noise = torch.randn((len(cond), unet.config.in_channels, *size), generator=gen, device=gen.device)
-        x_t = sample_until(
-            model,
-            sampler,
-            noise.to(device) * sampler.init_noise_sigma,
-            cond,
-            uncond,
-            stop,
-            config.sample_guidance,
-        )
-        return x_t, sampler.timesteps[stop].expand(len(cond))
-
     def step_on(optimizer, loss):
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -206,7 +190,7 @@ def run(pipeline, request, config: STEREOConfig, session):
             k = torch.randint(len(prompts), (config.batch_size,), generator=gen, device=gen.device)
             cond = plain[k.to(device)] if not tokens else token_states(tokens[-1], k)
             with accelerator.autocast():
-                x_t, t = partial(unet, cond)
+                x_t, t = partial_generation(unet, sampler, cond, uncond, config.sample_guidance, gen)
                 with torch.no_grad():
                     e_cond = teacher(x_t, t, encoder_hidden_states=cond).sample.float()
                     e_uncond = teacher(
@@ -248,7 +232,7 @@ def run(pipeline, request, config: STEREOConfig, session):
         cond = negatives[i % len(erased)]
         a = torch.randint(len(anchors), (config.batch_size,), generator=gen, device=gen.device)
         with accelerator.autocast():
-            x_t, t = partial(unet, cond)
+            x_t, t = partial_generation(unet, sampler, cond, uncond, config.sample_guidance, gen)
             with torch.no_grad():
                 e_uncond = original(
                     x_t, t, encoder_hidden_states=uncond.expand(len(k), -1, -1)
