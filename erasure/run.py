@@ -7,6 +7,10 @@ Writes, atomically (a temporary folder renamed into place), to --out (default ru
   grid.png            original vs erased on the same seeds, judge verdict under each image
   report.html         one self-contained page with all of the above
   audit/<concept>/    with --audit: eval.audit's audit.json and grid.png, and its section in the report
+Several concepts (--concept repeated, or --concepts-file) are erased in one run (--mode together, the default) or
+one after another (--mode sequential). --model may be an earlier run's folder (or its pipeline/): the new erasure
+starts from that pipeline, its erasure.json and delta carry the whole chain from the original base, and the
+evaluation counts every concept erased so far as erased.
 `--model canvas-gan` runs Text-to-Unlearn on the shipped StyleGAN2-lite instead (generator/, unlearning.json,
 metrics.json, grid.png, report.html). User errors (an empty or unknown concept, a missing model folder, an
 unreachable hub id, an existing output without --overwrite, --steps for a closed-form method) print one sentence
@@ -47,6 +51,12 @@ def parse_args(argv):
         "--model", default="canvas-sd", help="canvas-sd, a local diffusers folder or a hub id"
     )
     parser.add_argument("--anchor", help="what the concept should become (default: plain for styles)")
+    parser.add_argument(
+        "--mode",
+        choices=("together", "sequential"),
+        default="together",
+        help="several concepts: in one run (together) or one run after another (sequential)",
+    )
     parser.add_argument("--steps", type=int, help="erasure steps (default: the method's canvas default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -101,11 +111,18 @@ def validate(args) -> tuple[list[str], Path]:
         raise UsageError('give at least one --concept (for example --concept "van gogh").')
     if any(not c.strip() for c in concepts) or not concepts:
         raise UsageError('the concept is empty; name what to erase, for example --concept "van gogh".')
-    if args.model in ("canvas-sd", GAN_MODEL):
+    chain(args)
+    concepts = [c.strip().lower() for c in concepts]
+    if args.world:
         try:
-            concepts = [canonical(c)[0] for c in concepts]
+            named = [canonical(c) for c in concepts]
         except UnknownConceptError as err:
             raise UsageError(str(err)) from None
+        concepts = [name for name, _ in named]
+        if args.mode == "together" and len({kind for _, kind in named}) > 1 and args.model != GAN_MODEL:
+            raise UsageError(
+                "concepts of both kinds (styles and objects) cannot be erased together: use --mode sequential."
+            )
         if args.anchor:
             try:
                 args.anchor = canonical(args.anchor, allow_plain=True)[0]
@@ -113,6 +130,12 @@ def validate(args) -> tuple[list[str], Path]:
                 raise UsageError(
                     f"unknown Canvas anchor {args.anchor!r}; use a style or an object of the world."
                 ) from None
+    repeated = sorted({c for c in concepts if concepts.count(c) > 1})
+    if repeated:
+        raise UsageError(f"'{repeated[0]}' is named twice among the concepts (an alias counts as its name).")
+    again = [c for c in concepts if c in args.erased_before]
+    if again:
+        raise UsageError(f"'{again[0]}' was already erased from {args.model} (its erasure.json says so).")
     if args.steps is not None and args.steps < 1:
         raise UsageError("--steps must be a positive number of steps.")
     if args.steps is not None and args.model != GAN_MODEL and not METHODS[args.method].Config.has_steps:
@@ -121,6 +144,8 @@ def validate(args) -> tuple[list[str], Path]:
         raise UsageError("--eval-seeds must be at least 1.")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1.")
+    if args.mode == "sequential" and args.model == GAN_MODEL:
+        raise UsageError("canvas-gan unlearns its concepts together; --mode sequential is for diffusion models.")
     if args.robust and (args.method != "doco" or args.model == GAN_MODEL):
         raise UsageError("--robust is robust DoCo: use it with --method doco on a text-to-image model.")
     args.overrides = {"robust": True} if args.robust else {}
@@ -138,7 +163,7 @@ def validate(args) -> tuple[list[str], Path]:
 
         if args.model == GAN_MODEL:
             raise UsageError("--audit attacks text-to-image pipelines; canvas-gan has no prompt to attack.")
-        if args.model != "canvas-sd" or args.no_eval:
+        if not args.world or args.no_eval:
             raise UsageError(
                 "--audit needs the Canvas world's judges: use it with canvas-sd and without --no-eval."
             )
@@ -152,46 +177,72 @@ def validate(args) -> tuple[list[str], Path]:
     return concepts, out
 
 
+def chain(args) -> None:
+    """Where --model comes from: `args.world` (a Canvas model: canvas-sd, canvas-gan, or a run made from
+    canvas-sd), and for an earlier run's folder `args.previous` (its delta and erasure.json), `args.pipeline_path`
+    (its pipeline/), `args.base_model` (the chain's original base) and `args.erased_before` (what it erased)."""
+    from pipelines.delta import erasure_chain, erasure_run_of, load_delta
+
+    args.previous, args.pipeline_path, args.base_model, args.erased_before = None, args.model, args.model, []
+    run_dir = erasure_run_of(args.model) if args.model not in ("canvas-sd", GAN_MODEL) else None
+    if run_dir is not None:
+        try:
+            args.previous = load_delta(run_dir)
+        except ValueError as err:
+            raise UsageError(f"{args.model} is an erasure run that cannot be built on: {err}") from None
+        meta = args.previous[1]
+        args.pipeline_path, args.base_model = str(run_dir / "pipeline"), meta["base"]
+        args.erased_before = list(
+            meta.get("concepts") or [c for e in erasure_chain(meta) for c in e["concepts"]]
+        )
+    args.world = args.base_model in ("canvas-sd", GAN_MODEL)
+
+
 def run(args) -> Path:
     if args.model == GAN_MODEL:
         return run_canvas_gan(args)
     import torch
 
     from erasure.engine import erase
-    from pipelines.delta import save_delta
+    from pipelines.delta import META_FILE, save_delta
     from pipelines.loading import PipelineLoadError, load_pipeline
 
     concepts, out = validate(args)
     torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
     try:
-        base = load_pipeline(args.model)
+        start = load_pipeline(args.pipeline_path)
+        base = start if args.previous is None else load_pipeline(args.base_model)
     except PipelineLoadError as err:
         raise UsageError(str(err)) from None
     # erase() leaves its input untouched and returns a pipeline sharing every component but the UNet.
-    erased = base
-    is_canvas = args.model == "canvas-sd"
+    erased = start
+    groups = [concepts] if args.mode == "together" else [[c] for c in concepts]
 
     checkpoints = out.with_name(out.name + ".checkpoints")
     results = []
-    for concept in concepts:
-        results.append(
-            erase(
-                erased,
-                concept,
-                method=args.method,
-                anchor=args.anchor,
-                config=args.overrides or None,
-                steps=args.steps,
-                seed=args.seed,
-                checkpoint_dir=checkpoints / slug(concept),
-                resume=args.resume,
+    for group in groups:
+        try:
+            results.append(
+                erase(
+                    erased,
+                    group,
+                    method=args.method,
+                    anchor=args.anchor,
+                    config=args.overrides or None,
+                    steps=args.steps,
+                    seed=args.seed,
+                    checkpoint_dir=checkpoints / slug("+".join(group)),
+                    resume=args.resume,
+                    erased_before=args.erased_before + [c for r in results for c in r.concepts],
+                )
             )
-        )
+        except ValueError as err:  # what the request refuses: a kind for an unknown concept, an anchor, ...
+            raise UsageError(str(err)) from None
         erased = results[-1].pipeline
 
     with atomic_folder(out) as tmp:
         erased.save_pretrained(tmp / "pipeline", safe_serialization=True)
-        save_delta(results, tmp, base_model=args.model)
+        save_delta(results, tmp, base_model=args.model, previous=args.previous)
         storage = (tmp / "delta.safetensors").stat().st_size
         metrics = {
             "seconds": sum(r.seconds for r in results),
@@ -204,8 +255,9 @@ def run(args) -> Path:
             "storage_bytes": "bytes of delta.safetensors (only the changed tensors)",
         }
         audit_html = audit_into(tmp, base, erased, results, args) if args.audit else ""
-        if is_canvas and not args.no_eval:
-            evaluate_into(tmp, base, erased, results, args, metrics, definitions, audit_html)
+        if args.world and not args.no_eval:
+            erasures = json.loads((tmp / META_FILE).read_text())["erasures"]
+            evaluate_into(tmp, base, erased, erasures, args, metrics, definitions, audit_html)
         (tmp / "metrics.json").write_text(json.dumps({**metrics, "definitions": definitions}, indent=2))
     shutil.rmtree(checkpoints, ignore_errors=True)
     return out
@@ -293,19 +345,19 @@ def evaluate_gan_into(tmp: Path, base, new, info: dict, config) -> tuple[dict, d
 
 
 def audit_into(tmp: Path, base, erased, results, args) -> str:
-    """`--audit`: every chosen attack on the erased pipeline, per concept, into audit/<concept>/; the HTML
-    sections for the report."""
+    """`--audit`: every chosen attack on the erased pipeline, per concept this run erased, into
+    audit/<concept>/; the HTML sections for the report."""
     from eval import audit
     from eval.judges.models import load_judges
     from eval.report import jsonable
 
     judges, sections = load_judges(), []
-    for r in results:
-        configs = args.attack_configs
+    configs = args.attack_configs
+    for concept, kind in ((c, r.kind) for r in results for c in r.concepts):
         record, attacked = audit.audit(
-            erased, base, r.concept, r.kind, list(configs), configs, args.seed, judges, cache=audit.CACHE
+            erased, base, concept, kind, list(configs), configs, args.seed, judges, cache=audit.CACHE
         )
-        folder = tmp / "audit" / slug(r.concept)
+        folder = tmp / "audit" / slug(concept)
         folder.mkdir(parents=True)
         record = jsonable(record)
         (folder / "audit.json").write_text(json.dumps(record, indent=2))
@@ -317,60 +369,58 @@ def audit_into(tmp: Path, base, erased, results, args) -> str:
 
 
 def evaluate_into(
-    tmp: Path, base, erased, results, args, metrics: dict, definitions: dict, extra_html: str = ""
+    tmp: Path,
+    base,
+    erased,
+    erasures: list[dict],
+    args,
+    metrics: dict,
+    definitions: dict,
+    extra_html: str = "",
 ) -> None:
-    """Answer sets, metrics, grid and report for a canvas run (one concept: top level; several: averaged)."""
+    """Answer sets, metrics, grid and report for a canvas run, every concept of the chain `erasures` (erasure.json)
+    counted as erased (one concept: its numbers; several: their means, and each under per_concept)."""
     from eval.evaluate import EvalSettings, comparison_grid, evaluate_erasure
     from eval.judges.models import load_judges
     from eval.report import write_report
 
     judges = load_judges()
     settings = EvalSettings(seeds=tuple(range(args.eval_seeds)))
-    per_concept = {}
-    for r in results:
-        numbers, defs = evaluate_erasure(
-            base, erased, r.concept, r.kind, judges, r.anchor, settings, Path("runs/.cache")
-        )
-        per_concept[r.concept] = numbers
-        definitions.update(defs)
-    first = next(iter(per_concept.values()))
-    for k, value in first.items():
-        if isinstance(value, dict):  # per_class, erased_to: one concept's views, kept whole
-            if len(per_concept) == 1:
-                metrics[k] = value
-            continue
-        metrics[k] = sum(v[k] for v in per_concept.values()) / len(per_concept)
-    if len(per_concept) > 1:
-        metrics["per_concept"] = per_concept
-        definitions["per_concept"] = (
-            "the same numbers for each erased concept; top-level values are their means"
-        )
-    grid = comparison_grid(
-        {"original": base, "erased": erased}, results[0].concept, results[0].kind, judges, seed=args.seed
+    concepts = [c for e in erasures for c in e["concepts"]]
+    kinds = [e["kind"] for e in erasures for _ in e["concepts"]]
+    anchors = [a for e in erasures for a in e["anchors"]]
+    numbers, defs = evaluate_erasure(
+        base, erased, concepts, kinds, judges, anchors, settings, Path("runs/.cache")
     )
+    metrics.update(numbers)
+    definitions.update(defs)
+    # The report's views follow the first concept this run erased.
+    first = concepts[len(args.erased_before)]
+    kind = kinds[concepts.index(first)]
+    views = numbers if len(concepts) == 1 else numbers["per_concept"][first]
+    grid = comparison_grid({"original": base, "erased": erased}, first, kind, judges, seed=args.seed)
     grid.save(tmp / "grid.png")
-    row = {"method": args.method, "concept": ", ".join(r.concept for r in results)}
-    row.update({k: round(v, 2) for k, v in metrics.items() if isinstance(v, float | int)})
-    first = per_concept[results[0].concept]
-    bars = {"UA / IRA / CRA (%)": {k: metrics[k] for k in ("ua", "ira", "cra", "alias_ua")}}
+    row = {"method": args.method, "concept": ", ".join(concepts)}
+    row.update({k: round(v, 2) for k, v in numbers.items() if isinstance(v, float | int)})
+    bars = {"UA / IRA / CRA (%)": {k: numbers[k] for k in ("ua", "ira", "cra", "alias_ua")}}
     for axis in ("style", "object"):
-        bars[f"{axis} accuracy change, erased - base (points), '{results[0].concept}'"] = {
-            label: v["change"] for label, v in first["per_class"][axis].items()
+        bars[f"{axis} accuracy change, erased - base (points)"] = {
+            label: v["change"] for label, v in numbers["per_class"][axis].items()
         }
-    bars[f"where '{results[0].concept}' images land (% of them, erased model)"] = first["erased_to"]
+    bars[f"where '{first}' images land (% of them, erased model)"] = views["erased_to"]
     per_class_rows = [
         {"class": f"{axis}: {label}", **v}
         for axis in ("style", "object")
-        for label, v in first["per_class"][axis].items()
+        for label, v in numbers["per_class"][axis].items()
     ]
     write_report(
         tmp / "report.html",
-        f"Erasing {row['concept']} from {args.model} with {args.method}",
+        f"Erasing {row['concept']} from {args.base_model} with {args.method}",
         [row],
         definitions,
         images={"grid": grid},
         bars=bars,
-        tables={f"per class, '{results[0].concept}' (judged accuracy, %)": per_class_rows},
+        tables={"per class (judged accuracy, %)": per_class_rows},
         html=extra_html,
     )
 

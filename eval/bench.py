@@ -142,14 +142,19 @@ def run_cell(
     numbers, definitions = evaluate_erasure(
         base,
         result.pipeline,
-        result.concept,
+        result.concepts,
         result.kind,
         judges,
-        result.anchor,
+        result.anchors,
         settings,
         Path(out) / "cache",
     )
-    record = {"method": method, "concept": result.concept, "kind": result.kind, "anchor": result.anchor}
+    record = {
+        "method": method,
+        "concept": result.concepts[0],
+        "kind": result.kind,
+        "anchor": result.anchors[0],
+    }
     record.update({k: v if isinstance(v, dict) else float(v) for k, v in numbers.items()})
     record["mean"] = (record["ua"] + record["ira"] + record["cra"]) / 3
     record.update(

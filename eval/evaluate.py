@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,109 +115,170 @@ def answer_set(
     return result
 
 
-def real_features(judges: Judges, exclude: tuple[str, str]) -> torch.Tensor:
-    """Judge features of held-out real renders (REAL_SEEDS per pair), the target concept's pairs excluded."""
-    kind, concept = exclude
-    styles = [s for s in STYLES if not (kind == "style" and s == concept)]
-    objects = [o for o in OBJECTS if not (kind == "object" and o == concept)]
+def real_features(judges: Judges, erased: list[tuple[str, str]]) -> torch.Tensor:
+    """Judge features of held-out real renders (REAL_SEEDS per pair), every pair naming an erased (kind, concept)
+    excluded."""
+    gone = {concept for _, concept in erased}
+    styles = [s for s in STYLES if s not in gone]
+    objects = [o for o in OBJECTS if o not in gone]
     images, _, _ = render_pool(
         range(CHECK_SEED_BASE + 100, CHECK_SEED_BASE + 100 + REAL_SEEDS), styles, objects
     )
     return judges.features(to_tensor(images))
 
 
-def _non_target(answers: AnswerSet, concept: str, kind: str) -> AnswerSet:
-    labels = answers.styles if kind == "style" else answers.objects
-    return answers.subset([i for i, label in enumerate(labels) if label != concept])
+def _labels(answers: AnswerSet, kind: str) -> list[str]:
+    return answers.styles if kind == "style" else answers.objects
+
+
+def _non_target(answers: AnswerSet, erased: list[tuple[str, str]]) -> AnswerSet:
+    """The images whose prompt names none of the erased (kind, concept)s."""
+    gone = {concept for _, concept in erased}
+    keep = [
+        i for i, (s, o) in enumerate(zip(answers.styles, answers.objects)) if s not in gone and o not in gone
+    ]
+    return answers.subset(keep)
 
 
 def _target(answers: AnswerSet, concept: str, kind: str) -> AnswerSet:
-    labels = answers.styles if kind == "style" else answers.objects
-    return answers.subset([i for i, label in enumerate(labels) if label == concept])
+    return answers.subset([i for i, label in enumerate(_labels(answers, kind)) if label == concept])
+
+
+# Numbers of one erased concept; with several concepts they are reported per concept and, if scalar, averaged.
+PER_CONCEPT = (
+    "ua",
+    "ira",
+    "cra",
+    "alias_ua",
+    "clip_score",
+    "base_clip_score",
+    "clip_accuracy",
+    "base_ua",
+    "base_ira",
+    "base_cra",
+    "erased_to",
+    "base_erased_to",
+)
 
 
 def evaluate_erasure(
     base,
     erased,
-    concept: str,
-    kind: str,
+    concept: str | list[str],
+    kind: str | list[str],
     judges: Judges,
-    anchor: str | None = None,
+    anchor: str | list[str | None] | None = None,
     settings: EvalSettings | None = None,
     cache_dir: Path | None = None,
 ) -> tuple[dict, dict]:
-    """(numbers, definitions) for erasing `concept` from `base` into `erased`, both diffusers pipelines."""
+    """(numbers, definitions) for erasing `concept` (one name, or a list of every concept erased so far) from
+    `base` into `erased`, both diffusers pipelines. `kind` and `anchor`: one for all concepts or one per concept.
+
+    Each answer set is generated once. With several concepts, every one of them counts as erased: none is part of
+    another's IRA or CRA or of the FD's images; the numbers of each concept go to `per_concept` and the top-level
+    ones are their means (`per_class`, `fd` and `base_fd` are shared).
+    """
     settings = settings or EvalSettings()
-    anchor = anchor or default_anchor(concept, kind)
+    concepts = [concept] if isinstance(concept, str) else list(concept)
+    kinds = [kind] * len(concepts) if isinstance(kind, str) else list(kind)
+    anchors = list(anchor) if isinstance(anchor, list | tuple) else [anchor] * len(concepts)
+    anchors = [a or default_anchor(c, k) for c, k, a in zip(concepts, kinds, anchors)]
+    gone = list(zip(kinds, concepts))
     items = world_items()
     n_seeds = len(settings.seeds)
     base_answers = answer_set(base, items, judges, settings, "answer set (original)", cache_dir)
     erased_answers = answer_set(erased, items, judges, settings, "answer set (erased)")
-    scores = unlearning_scores(erased_answers.records(), concept, kind)
-    base_scores = unlearning_scores(base_answers.records(), concept, kind)
-
-    aliases = alias_items(concept, kind)
+    base_records, erased_records = base_answers.records(), erased_answers.records()
+    aliases = [item for c, k in zip(concepts, kinds) for item in alias_items(c, k)]
     alias_answers = answer_set(erased, aliases, judges, settings, "alias prompts (erased)")
-    alias_preds = alias_answers.pred_styles if kind == "style" else alias_answers.pred_objects
-    alias_ua = 100.0 * sum(p != concept for p in alias_preds) / len(alias_preds)
 
-    real = real_features(judges, (kind, concept))
-    fd = frechet_distance(judges.features(_non_target(erased_answers, concept, kind).images), real)
-    base_fd = frechet_distance(judges.features(_non_target(base_answers, concept, kind).images), real)
+    per_concept = {}
+    for c, k, a in zip(concepts, kinds, anchors):
+        others = [o for o in concepts if o != c]
+        scores = unlearning_scores(erased_records, c, k, others)
+        base_scores = unlearning_scores(base_records, c, k, others)
+        alias = _target(alias_answers, c, k)
+        alias_preds = alias.pred_styles if k == "style" else alias.pred_objects
+        target = _target(erased_answers, c, k)
+        target_texts = [world_prompt(s, o) for s, o in zip(target.styles, target.objects)]
+        if k == "style":
+            anchor_texts = [world_prompt(a, o) for o in target.objects]
+        else:
+            anchor_texts = [world_prompt(s, a) for s in target.styles]
+        image_emb = judges.clip_image(target.images)
+        target_emb, anchor_emb = judges.clip_text(target_texts), judges.clip_text(anchor_texts)
+        per_concept[c] = {
+            "ua": scores["ua"],
+            "ira": scores["ira"],
+            "cra": scores["cra"],
+            "alias_ua": 100.0 * sum(p != c for p in alias_preds) / len(alias_preds)
+            if alias_preds
+            else math.nan,
+            "clip_score": clip_score(image_emb, target_emb),
+            "base_clip_score": clip_score(judges.clip_image(_target(base_answers, c, k).images), target_emb),
+            "clip_accuracy": clip_accuracy(image_emb, target_emb, anchor_emb),
+            "base_ua": base_scores["ua"],
+            "base_ira": base_scores["ira"],
+            "base_cra": base_scores["cra"],
+            "erased_to": erased_to(erased_records, c, k),
+            "base_erased_to": erased_to(base_records, c, k),
+        }
 
-    target = _target(erased_answers, concept, kind)
-    target_texts = [world_prompt(s, o) for s, o in zip(target.styles, target.objects)]
-    if kind == "style":
-        anchor_texts = [world_prompt(anchor, o) for o in target.objects]
-    else:
-        anchor_texts = [world_prompt(s, anchor) for s in target.styles]
-    image_emb = judges.clip_image(target.images)
-    target_emb, anchor_emb = judges.clip_text(target_texts), judges.clip_text(anchor_texts)
-    base_target = _target(base_answers, concept, kind)
+    real = real_features(judges, gone)
     numbers = {
-        "ua": scores["ua"],
-        "ira": scores["ira"],
-        "cra": scores["cra"],
-        "alias_ua": alias_ua,
-        "fd": fd,
-        "base_fd": base_fd,
-        "clip_score": clip_score(image_emb, target_emb),
-        "base_clip_score": clip_score(judges.clip_image(base_target.images), target_emb),
-        "clip_accuracy": clip_accuracy(image_emb, target_emb, anchor_emb),
-        "base_ua": base_scores["ua"],
-        "base_ira": base_scores["ira"],
-        "base_cra": base_scores["cra"],
-        "per_class": per_class_accuracy(base_answers.records(), erased_answers.records()),
-        "erased_to": erased_to(erased_answers.records(), concept, kind),
-        "base_erased_to": erased_to(base_answers.records(), concept, kind),
+        key: sum(v[key] for v in per_concept.values()) / len(per_concept)
+        for key in PER_CONCEPT
+        if not isinstance(per_concept[concepts[0]][key], dict)
     }
-    n_all, n_alias = len(erased_answers.prompts), len(alias_answers.prompts)
+    numbers.update(
+        fd=frechet_distance(judges.features(_non_target(erased_answers, gone).images), real),
+        base_fd=frechet_distance(judges.features(_non_target(base_answers, gone).images), real),
+        per_class=per_class_accuracy(base_records, erased_records),
+    )
+    if len(concepts) == 1:
+        numbers.update(per_concept[concepts[0]])
+    else:
+        numbers["per_concept"] = per_concept
+    return numbers, _definitions(concepts, kinds, anchors, len(items), n_seeds, len(aliases), settings)
+
+
+def _definitions(concepts, kinds, anchors, n_items, n_seeds, n_alias, settings) -> dict[str, str]:
+    """What each number of `evaluate_erasure` means, for these concepts and this answer set."""
+    names = ", ".join(f"'{c}'" for c in concepts)
+    several = len(concepts) > 1
+    if len(set(kinds)) == 1:
+        what, other = kinds[0], "object" if kinds[0] == "style" else "style"
+    else:
+        what, other = "concept", "other kind's concept"
     seeds = f"seeds {list(settings.seeds)}, DDIM {settings.num_inference_steps} steps, guidance {settings.guidance_scale}"
     judge = "style / object judges (assets/judges, top-1)"
-    what = "style" if kind == "style" else "object"
-    definitions = {
-        "answer_set": f"{len(items)} prompts (every style x object, world template 0) x {n_seeds} seeds = {n_all} images per model; {seeds}",
-        "ua": f"unlearning accuracy: 100 - {judge} accuracy on images prompted with the erased {what} '{concept}'",
+    mean = " (mean over the erased concepts; per_concept has each)" if several else ""
+    text = {
+        "answer_set": f"{n_items} prompts (every style x object, world template 0) x {n_seeds} seeds = {n_items * n_seeds} images per model; {seeds}",
+        "ua": f"unlearning accuracy: 100 - {judge} accuracy on images prompted with the erased {what} {names}{mean}",
         "ira": (
-            f"in-domain retain accuracy: mean {what} accuracy over the other {what}s"
-            + (" ('plain' excluded)" if kind == "style" else "")
+            f"in-domain retain accuracy: mean {what} accuracy over the {what}s not erased"
+            + (" ('plain' excluded)" if what != "object" else "")
+            + mean
         ),
-        "cra": f"cross-domain retain accuracy: mean {'object' if kind == 'style' else 'style'} accuracy over all answer-set images",
-        "alias_ua": f"100 - {what} accuracy on {n_alias} images whose prompts name '{concept}' only by its aliases (never seen in erasure)",
-        "fd": f"Frechet distance of judge features (style+object penultimate), erased images vs {REAL_SEEDS} held-out real renders per pair, '{concept}' pairs excluded",
+        "cra": f"cross-domain retain accuracy: mean {other} accuracy over all answer-set images, per {other} not erased{mean}",
+        "alias_ua": f"100 - {what} accuracy on {n_alias} images whose prompts name {names} only by aliases (never seen in erasure){mean}",
+        "fd": f"Frechet distance of judge features (style+object penultimate), erased images vs {REAL_SEEDS} held-out real renders per pair, pairs naming {names} excluded",
         "base_fd": "the same Frechet distance for the original model",
-        "clip_score": f"judge-clip: mean 100*max(cos(image, text), 0) over the erased model's '{concept}' images and their own prompts",
+        "clip_score": f"judge-clip: mean 100*max(cos(image, text), 0) over the erased model's images of {names} and their own prompts{mean}",
         "base_clip_score": "the same CLIP score for the original model",
-        "clip_accuracy": f"judge-clip: % of the erased model's '{concept}' images closer to the target text than to the anchor '{anchor}' text",
+        "clip_accuracy": f"judge-clip: % of the erased model's images of {names} closer to the target text than to the anchor text ({', '.join(anchors)}){mean}",
         "base_ua": "UA, IRA, CRA of the original model on the same answer set (base_ua/base_ira/base_cra)",
         "per_class": (
             f"every style's style accuracy and every object's object accuracy ({judge}) on the answer set, base and "
             "erased, and their change (erased - base, percentage points)"
         ),
-        "erased_to": f"where '{concept}' images land: % of the erased model's images prompted with it that the {what} judge reads as each label",
+        "erased_to": f"where images of {names} land: % of the erased model's images prompted with each that its kind's judge reads as each label",
         "base_erased_to": "the same histogram for the original model",
     }
-    return numbers, definitions
+    if several:
+        text["per_concept"] = "the numbers above for each erased concept; top-level values are their means"
+    return text
 
 
 def grid_rows(concept: str, kind: str) -> list[tuple[str, str, str]]:

@@ -52,27 +52,33 @@ def object_accuracy(records: Iterable[Judged]) -> dict[str, float]:
     return _per_label_accuracy((r.object, r.pred_object) for r in records)
 
 
-def unlearning_scores(records: Iterable[Judged], concept: str, kind: str) -> dict[str, float]:
+def unlearning_scores(
+    records: Iterable[Judged], concept: str, kind: str, also_erased: Iterable[str] = ()
+) -> dict[str, float]:
     """UA, IRA, CRA (UnlearnCanvas) for erasing `concept` of `kind` 'style' or 'object'; higher is better for all.
 
-    Style s*:  UA = 100 - style_acc[s*];  IRA = mean style_acc[s] over artist styles s != s*;
-               CRA = mean obj_acc[o] over all objects (s* images included).
-    Object o*: UA = 100 - obj_acc[o*];    IRA = mean obj_acc[o] over objects o != o*;
-               CRA = mean style_acc[s] over artist styles s.
-    `plain` is left out of every mean over styles: it is the erasure anchor (erased styles are pulled towards it),
-    not a style concept, and UnlearnCanvas has no unstyled class. A mean over an empty set is NaN.
+    Style s*:  UA = 100 - style_acc[s*];  IRA = mean style_acc[s] over artist styles s not erased;
+               CRA = mean obj_acc[o] over objects o not erased (s* images included).
+    Object o*: UA = 100 - obj_acc[o*];    IRA = mean obj_acc[o] over objects o not erased;
+               CRA = mean style_acc[s] over artist styles s not erased.
+    "Erased" is s* or o* and every name in `also_erased` (the other concepts erased with it or before it, styles
+    or objects): what was erased is not retained. `plain` is left out of every mean over styles: it is the erasure
+    anchor (erased styles are pulled towards it), not a style concept, and UnlearnCanvas has no unstyled class. A
+    mean over an empty set is NaN.
     """
     records = list(records)
+    erased = {concept, *also_erased}
     styles, objects = style_accuracy(records), object_accuracy(records)
-    artist_styles = {s: acc for s, acc in styles.items() if s != PLAIN}
+    artist_styles = {s: acc for s, acc in styles.items() if s != PLAIN and s not in erased}
+    kept_objects = {o: acc for o, acc in objects.items() if o not in erased}
     if kind == "style":
         concept = check_style(concept)
         if concept not in styles:
             raise ValueError(f"no images prompted with style {concept!r}; cannot score its erasure.")
         return {
             "ua": 100.0 - styles[concept],
-            "ira": _mean(acc for s, acc in artist_styles.items() if s != concept),
-            "cra": _mean(objects.values()),
+            "ira": _mean(artist_styles.values()),
+            "cra": _mean(kept_objects.values()),
         }
     if kind == "object":
         concept = check_object(concept)
@@ -80,7 +86,7 @@ def unlearning_scores(records: Iterable[Judged], concept: str, kind: str) -> dic
             raise ValueError(f"no images prompted with object {concept!r}; cannot score its erasure.")
         return {
             "ua": 100.0 - objects[concept],
-            "ira": _mean(acc for o, acc in objects.items() if o != concept),
+            "ira": _mean(kept_objects.values()),
             "cra": _mean(artist_styles.values()),
         }
     raise ValueError(f"kind must be 'style' or 'object', not {kind!r}.")

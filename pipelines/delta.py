@@ -3,12 +3,15 @@
     save_delta(result, "runs/van-gogh")                      # delta.safetensors + erasure.json
     pipe = load_erased("canvas-sd", "runs/van-gogh")         # base pipeline + delta
     apply_delta(any_compatible_pipeline, "runs/van-gogh")
+    save_delta(later, "runs/then-monet", previous=load_delta("runs/van-gogh"))   # an erasure on top of another
 
 `delta.safetensors` maps '<component>.<parameter name>' (e.g. 'unet.up_blocks.1.attentions.0.transformer_blocks.0
-.attn2.to_v.weight') to the tensor's new value. `erasure.json` says what was erased (method, concept, kind,
-anchor), from which base, with which config and library versions, the content sha256 of the delta's tensors
-(`content_sha256`) and their names.
-Loading needs nothing but these two files and a compatible base pipeline.
+.attn2.to_v.weight') to the tensor's new value, relative to the base model. `erasure.json` says from which base,
+what was erased from it (`concepts`, every one so far) and how: `erasures`, the chain of erasures in the order
+they ran (each: method, concepts, kind, anchors, config, steps, seconds, peak memory), with the library versions,
+the content sha256 of the delta's tensors (`content_sha256`) and their names. An erasure run on top of an earlier
+one's pipeline merges that run's delta and chain into its own, so its folder alone reproduces the final pipeline
+from the base. Loading needs nothing but these two files and a compatible base pipeline.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 DELTA_FILE = "delta.safetensors"
@@ -61,41 +65,106 @@ def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_delta(result, directory: str | Path, base_model: str | None = None) -> Path:
+def save_delta(
+    result, directory: str | Path, base_model: str | None = None, previous: tuple[dict, dict] | None = None
+) -> Path:
     """Write an erasure's delta to `directory`/delta.safetensors and its description to `directory`/erasure.json.
 
-    `result` is an `erasure.engine.ErasureResult`, or a list of them for concepts erased one after another (each
-    from the previous one's pipeline): their deltas merge in order, and method, concept, kind, anchor, config,
-    steps and seconds then hold one value per erasure. `base_model` overrides the base recorded (by default the
-    name or folder the first erasure's pipeline was loaded from). Returns the delta file's path.
+    `result` is an `erasure.engine.ErasureResult`, or a list of them run one after another (each from the previous
+    one's pipeline): their deltas merge in order and each is one entry of the chain. `previous` is `load_delta` of
+    the run whose pipeline the first result started from: its tensors merge first, its chain comes first and its
+    base is the base. Otherwise `base_model` overrides the base recorded (by default the name or folder the first
+    erasure's pipeline was loaded from). Returns the delta file's path.
     """
     results = list(result) if isinstance(result, (list, tuple)) else [result]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / DELTA_FILE
-    merged = {}
+    earlier_delta, earlier_meta = previous if previous is not None else ({}, None)
+    merged = dict(earlier_delta)
     for r in results:
         merged.update(r.delta)
     tensors = {name: value.detach().cpu().contiguous() for name, value in sorted(merged.items())}
-    concepts = ", ".join(r.concept for r in results)
-    save_file(tensors, path, metadata={"format": "erasure-delta", "concept": concepts})
-
-    def field(name):
-        values = [getattr(r, name) for r in results]
-        return values[0] if len(values) == 1 else values
-
-    meta = {key: field(key) for key in ("method", "concept", "kind", "anchor", "config", "steps")}
-    meta.update(
-        base=base_model if base_model is not None else results[0].base,
-        seconds=round(sum(r.seconds for r in results), 3),
-        peak_memory_bytes=max(r.peak_memory_bytes for r in results),
-        versions={p: _version(p) for p in ("torch", "diffusers", "transformers", "erasure")},
-        delta_sha256=content_sha256(tensors),
-        delta_bytes=path.stat().st_size,
-        tensors={name: list(value.shape) for name, value in tensors.items()},
-    )
+    chain = erasure_chain(earlier_meta) if earlier_meta is not None else []
+    chain += [
+        {
+            "method": r.method,
+            "concepts": list(r.concepts),
+            "kind": r.kind,
+            "anchors": list(r.anchors),
+            "config": r.config,
+            "steps": r.steps,
+            "seconds": round(r.seconds, 3),
+            "peak_memory_bytes": r.peak_memory_bytes,
+        }
+        for r in results
+    ]
+    concepts = [c for step in chain for c in step["concepts"]]
+    save_file(tensors, path, metadata={"format": "erasure-delta", "concept": ", ".join(concepts)})
+    if earlier_meta is not None:
+        base = earlier_meta["base"]
+    else:
+        base = base_model if base_model is not None else results[0].base
+    meta = {
+        "base": base,
+        "concepts": concepts,
+        "erasures": chain,
+        "seconds": round(sum(step["seconds"] for step in chain), 3),
+        "peak_memory_bytes": max(step["peak_memory_bytes"] for step in chain),
+        "versions": {p: _version(p) for p in ("torch", "diffusers", "transformers", "erasure")},
+        "delta_sha256": content_sha256(tensors),
+        "delta_bytes": path.stat().st_size,
+        "tensors": {name: list(value.shape) for name, value in tensors.items()},
+    }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return path
+
+
+def erasure_chain(meta: dict) -> list[dict]:
+    """The erasures an erasure.json describes, in the order they ran (see the module docstring).
+
+    Files written before the chain existed hold method, concept, kind, anchor, config and steps at the top level
+    (a list of values when several concepts ran one after another); they read as one entry per concept.
+    """
+    if "erasures" in meta:
+        return [dict(step) for step in meta["erasures"]]
+    if "concept" not in meta:
+        raise ValueError("erasure.json lists no erasure (neither 'erasures' nor 'concept').")
+    several = isinstance(meta["concept"], list)
+    count = len(meta["concept"]) if several else 1
+
+    def value(key, i):
+        v = meta.get(key)
+        return v[i] if several and isinstance(v, list) else v
+
+    return [
+        {
+            "method": value("method", i),
+            "concepts": [value("concept", i)],
+            "kind": value("kind", i),
+            "anchors": [value("anchor", i)],
+            "config": value("config", i),
+            "steps": value("steps", i),
+            "seconds": meta.get("seconds", 0.0) / count,
+            "peak_memory_bytes": meta.get("peak_memory_bytes", 0),
+        }
+        for i in range(count)
+    ]
+
+
+def erasure_run_of(model: str | Path) -> Path | None:
+    """The run folder whose erasure.json describes the pipeline `model`, or None for a model no erasure made.
+
+    `model` may be the run folder itself (erasure.json beside pipeline/) or its pipeline/ folder.
+    """
+    folder = Path(model)
+    if not folder.is_dir():
+        return None
+    if (folder / META_FILE).exists():
+        return folder
+    if folder.name == "pipeline" and (folder.parent / META_FILE).exists():
+        return folder.parent
+    return None
 
 
 def load_delta(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -106,8 +175,16 @@ def load_delta(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ValueError(
             f"{directory} holds no erasure delta ({DELTA_FILE} and {META_FILE} are both needed)."
         )
-    meta = json.loads(meta_path.read_text())
-    tensors = load_file(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or not {"base", "tensors", "delta_sha256"} <= set(meta):
+        raise ValueError(f"{meta_path} is corrupt: not a JSON object with base, tensors and delta_sha256.")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({type(err).__name__}).") from None
     if sorted(tensors) != sorted(meta.get("tensors", {})):
         raise ValueError(f"the tensors in {path} differ from those listed in {meta_path}.")
     recorded = meta.get("delta_sha256")

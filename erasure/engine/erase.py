@@ -1,7 +1,9 @@
-"""The erasure engine: `erase(pipeline, concept, method="doco")` -> `ErasureResult`.
+"""The erasure engine: `erase(pipeline, concepts, method="doco")` -> `ErasureResult`.
 
     result = erase(load_pipeline("canvas-sd"), "van gogh")    # result.pipeline: the edited pipeline
     save_delta(result, "runs/van-gogh")                        # pipelines.delta: safetensors delta + erasure.json
+    both = erase(load_pipeline("canvas-sd"), ["van gogh", "monet"])          # several concepts in one run
+    then = erase(result.pipeline, "monet", erased_before=result.concepts)    # one erasure on top of another
 
 Each method in `erasure.methods.METHODS` is a `MethodConfig` dataclass and a `run(pipeline, request, config,
 session)` function whose training loop is written out in full; the engine builds the request and the config, and
@@ -27,7 +29,8 @@ from erasure.methods.base import build_request
 
 @dataclass
 class ErasureResult:
-    """An erased pipeline and everything needed to describe, save and reproduce it.
+    """An erased pipeline and everything needed to describe, save and reproduce it: `concepts` (of one `kind`)
+    erased in one run, concept i towards `anchors[i]`.
 
     `delta` holds the new values of every tensor that changed, keyed by '<component>.<parameter name>' (e.g.
     'unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight'). `peak_memory_bytes` is CUDA's
@@ -38,9 +41,9 @@ class ErasureResult:
     pipeline: object
     delta: dict[str, torch.Tensor]
     method: str
-    concept: str
+    concepts: list[str]
     kind: str
-    anchor: str
+    anchors: list[str]
     config: dict
     seconds: float
     peak_memory_bytes: int
@@ -52,9 +55,9 @@ class ErasureResult:
 
 def erase(
     pipeline,
-    concept: str,
+    concepts: str | list[str],
     method: str = "doco",
-    anchor: str | None = None,
+    anchor: str | list[str] | None = None,
     config=None,
     steps: int | None = None,
     seed: int = 0,
@@ -63,20 +66,23 @@ def erase(
     progress: bool = True,
     kind: str | None = None,
     anchor_latents: torch.Tensor | None = None,
+    erased_before: list[str] = (),
 ) -> ErasureResult:
-    """Erase `concept` from a StableDiffusionPipeline with `method`; the input pipeline keeps its weights.
+    """Erase `concepts` (one name or a list, of one kind) from a StableDiffusionPipeline with `method`, in one
+    run; the input pipeline keeps its weights.
 
     `config`: the method's Config, or None for its defaults (Canvas defaults on a Canvas model, the official
     SD 1.x ones otherwise), or a dict of fields that override those defaults. `steps` overrides the configured
     number of steps (a method without steps refuses it). `kind` is only needed for concepts the Canvas world
     does not know. `anchor_latents` skips anchor generation (see ErasureRequest). With `checkpoint_dir`,
     checkpoints are written there; `resume=True` continues the latest one there (or starts afresh when there
-    is none).
+    is none). `anchor`: one for every concept, a list of one per concept, or None (defaults: `build_request`).
+    `erased_before`: the concepts an earlier erasure removed from `pipeline` (never chosen as anchors).
     """
     if method not in METHODS:
         raise ValueError(f"unknown erasure method {method!r}; valid methods: {', '.join(METHODS)}.")
     config_cls, run_method = METHODS[method].Config, METHODS[method].run
-    request = build_request(pipeline, concept, anchor=anchor, kind=kind, anchor_latents=anchor_latents)
+    request = build_request(pipeline, concepts, anchor, kind, anchor_latents, erased_before)
     if config is None or isinstance(config, dict):
         config = replace(config_cls.defaults(request.kind, canvas=request.canvas), **(config or {}))
     if steps is not None:
@@ -85,7 +91,12 @@ def erase(
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
     accelerator = _accelerator(config.mixed_precision)
-    identity = {"method": method, "concept": request.concept, "kind": request.kind, "anchor": request.anchor}
+    identity = {
+        "method": method,
+        "concepts": request.concepts,
+        "kind": request.kind,
+        "anchors": request.anchors,
+    }
     identity["config"] = asdict(config)
     session = TrainingRun(identity, seed, config, checkpoint_dir, resume, progress, accelerator=accelerator)
     memory = PeakMemory(accelerator.device)
@@ -97,9 +108,9 @@ def erase(
         pipeline=edited,
         delta=changed_tensors(pipeline, edited),
         method=method,
-        concept=request.concept,
+        concepts=request.concepts,
         kind=request.kind,
-        anchor=request.anchor,
+        anchors=request.anchors,
         config=asdict(config),
         seconds=seconds,
         peak_memory_bytes=memory.peak,

@@ -26,7 +26,7 @@ class ErasureDiverged(RuntimeError):
 class TrainingRun:
     """The services a training loop uses (see the module docstring).
 
-    `identity` (method, concept, kind, anchor, config, ...) is stored in every checkpoint, and a resumed run
+    `identity` (method, concepts, kind, anchors, config, ...) is stored in every checkpoint, and a resumed run
     must match it. `config` is the method's `MethodConfig`: its `steps`, `checkpoint_every` (0: never) and
     `divergence_factor` (a loss above 1 and above this multiple of its running mean stops the run; 0: only
     NaN/inf do). With an `accelerate.Accelerator` the session runs on its device and process; without one, in
@@ -95,7 +95,7 @@ class TrainingRun:
         self.bar = tqdm(
             total=self.total,
             initial=step,
-            desc=self.identity["method"] + " " + self.identity["concept"],
+            desc=f"{self.identity['method']} {', '.join(self.identity['concepts'])}",
             disable=not self.progress,
             dynamic_ncols=True,
         )

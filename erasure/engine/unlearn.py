@@ -45,8 +45,8 @@ def unlearn(
     erased = [canonical(c) for c in concepts]
     identity = {
         "method": "text-to-unlearn",
-        "concept": ", ".join(name for name, _ in erased),
-        "kind": ", ".join(kind for _, kind in erased),
+        "concepts": [name for name, _ in erased],
+        "kinds": [kind for _, kind in erased],
         "config": asdict(config),
     }
     device = torch.device(device or next(generator.parameters()).device)

@@ -57,7 +57,10 @@ class AdversarialPrompts:
         n_pairs = len(request.target_prompts)
         self.ids, self.mask, self.vectors, self.found = {}, {}, {}, {}
         for attack in self.attacks:
-            texts = [adversarial_template(p, request.concept, attack, tokens) for p in request.target_prompts]
+            texts = [
+                adversarial_template(p, c, attack, tokens)
+                for p, c in zip(request.target_prompts, request.pair_concepts)
+            ]
             self.ids[attack], self.mask[attack] = slot_ids(pipeline.tokenizer, texts)
             slots = int(self.mask[attack][0].sum())
             # Start from random vocabulary tokens, as the audit's attacks do.

@@ -144,7 +144,7 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
     sampler.set_timesteps(config.ddim_steps, device=device)
 
     # 2. Prompts: c (the concept's name, or the world captions), its prefixed form, the retain prompts.
-    prompts = list(request.target_prompts) if config.use_request_prompts else [request.concept]
+    prompts = list(request.target_prompts) if config.use_request_prompts else list(request.concepts)
     retain = list(request.retain_prompts) or prompts
     tokenizer = pipeline.tokenizer
     plain_ids = tokenize(pipeline, prompts).input_ids

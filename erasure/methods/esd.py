@@ -162,8 +162,8 @@ def run(pipeline, request, config: ESDConfig, session):
     sampler.set_timesteps(config.ddim_steps, device=device)
     sampling_unet = unet if config.sample_with == "trainable" else teacher
 
-    # 2. Prompts: the concept's name (paper), or the request's target prompts (Canvas: world captions).
-    prompts = list(request.target_prompts) if config.use_request_prompts else [request.concept]
+    # 2. Prompts: the concepts' names (paper), or the request's target prompts (Canvas: world captions).
+    prompts = list(request.target_prompts) if config.use_request_prompts else list(request.concepts)
     cond_emb = encode_prompts(pipeline, prompts, device)
     uncond_emb = encode_prompts(pipeline, [""], device)
 

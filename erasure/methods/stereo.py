@@ -155,8 +155,9 @@ def run(pipeline, request, config: STEREOConfig, session):
     noising = DDPMScheduler.from_config(pipeline.scheduler.config)
 
     # Prompts: plain (concept named) and with the concept's name as a slot for a token.
-    prompts = list(request.target_prompts) if config.use_request_prompts else [request.concept]
-    slotted = [adversarial_template(p, request.concept, "inversion", 1) for p in prompts]
+    prompts = list(request.target_prompts) if config.use_request_prompts else list(request.concepts)
+    named = request.pair_concepts if config.use_request_prompts else request.concepts
+    slotted = [adversarial_template(p, c, "inversion", 1) for p, c in zip(prompts, named)]
     slot_prompt_ids, slot_mask = slot_ids(pipeline.tokenizer, slotted)
     plain = encode_prompts(pipeline, prompts, device)
     uncond = encode_prompts(pipeline, [""], device)

@@ -136,14 +136,16 @@ def preserve_tokens(pipeline, texts: list[str], rule: str, device) -> torch.Tens
 
 def edit_texts(request, config: UCEConfig) -> tuple[list[tuple[str, str]], list[str]]:
     """(erase pairs (text, guide text), preserved texts) for `request` (see the module docstring)."""
-    guide = "" if request.canvas and request.anchor == world.PLAIN else request.anchor
-    pairs = [(request.concept, guide)]
+    pairs = [
+        (concept, "" if request.canvas and anchor == world.PLAIN else anchor)
+        for concept, anchor in zip(request.concepts, request.anchors)
+    ]
     if config.expand_prompts:
         pairs += list(zip(request.target_prompts, request.anchor_prompts))
     if not request.canvas:
         return pairs, list(dict.fromkeys(request.anchor_prompts))
     names = world.ARTIST_STYLES if request.kind == "style" else world.OBJECTS
-    others = [c for c in names if c != request.concept]
+    others = [c for c in names if c not in request.concepts]
     preserve = others + (list(request.retain_prompts) if config.expand_prompts else [])
     return pairs, list(dict.fromkeys(preserve))
 

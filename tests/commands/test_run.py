@@ -32,6 +32,9 @@ from erasure import run as cli
         (["--concept", "van gogh", "--config", "steps"], "must read field=value"),
         (["--concept", "van gogh", "--threads", "0"], "--threads must be at least 1"),
         (["--concept", "van gogh", "--method", "stereo", "--config", "steps=10"], "REO's iterations"),
+        (["--concept", "cat", "--concept", "kitten"], "'cat' is named twice"),
+        (["--concept", "van gogh", "--concept", "cat"], "use --mode sequential"),
+        (["--concept", "van gogh", "--model", "canvas-gan", "--mode", "sequential"], "unlearns its concepts"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path, capsys, argv, message):
@@ -77,3 +80,48 @@ def test_config_values_are_typed_like_their_defaults():
     assert parse_option(DoCoConfig, "d_betas", "0.5, 0.9") == (0.5, 0.9)
     with pytest.raises(ValueError, match="not a valid int for steps"):
         parse_option(DoCoConfig, "steps", "1.5")
+
+
+def test_an_erasure_on_top_of_another_records_the_chain(tiny_pipeline_dir, tmp_path, capsys):
+    """--model an earlier run: the new delta and erasure.json hold the whole chain from the original base."""
+    import torch
+
+    from pipelines.delta import load_erased
+    from tests.helpers import all_tensors, fresh
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--method", "uce", "--no-eval"]
+    assert (
+        cli.main(["--concept", "van gogh", "--model", str(tiny_pipeline_dir), "--out", str(first), *common])
+        == 0
+    )
+    argv = ["--concept", "monet", "--model", str(first / "pipeline"), "--out", str(second), *common]
+    assert cli.main(argv) == 0
+    meta = json.loads((second / "erasure.json").read_text())
+    assert meta["base"] == str(tiny_pipeline_dir) and meta["concepts"] == ["van gogh", "monet"]
+    assert [e["concepts"] for e in meta["erasures"]] == [["van gogh"], ["monet"]]
+    want = all_tensors(fresh(second / "pipeline"))
+    got = all_tensors(load_erased(None, second))  # the base recorded there + the merged delta
+    assert all(torch.equal(want[n], got[n]) for n in want)
+
+    # Erasing a concept again, or building on a run whose erasure.json is corrupt: one sentence, exit 2.
+    capsys.readouterr()
+    again = ["--concept", "van gogh", "--model", str(second), "--out", str(tmp_path / "again"), *common]
+    assert cli.main(again) == 2 and "was already erased" in capsys.readouterr().err
+    (first / "erasure.json").write_text("{broken")
+    argv = ["--concept", "monet", "--model", str(first), "--out", str(tmp_path / "third"), *common]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot be built on" in err and "is corrupt" in err and err.count("\n") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "second"]
+
+
+def test_several_concepts_in_one_run_or_one_after_another(tiny_pipeline_dir, tmp_path):
+    runs = {}
+    for mode in ("together", "sequential"):
+        out = tmp_path / mode
+        argv = ["--concept", "van gogh", "--concept", "monet", "--mode", mode, "--method", "uce"]
+        assert cli.main([*argv, "--model", str(tiny_pipeline_dir), "--out", str(out), "--no-eval"]) == 0
+        runs[mode] = json.loads((out / "erasure.json").read_text())["erasures"]
+    assert [e["concepts"] for e in runs["together"]] == [["van gogh", "monet"]]
+    assert [e["concepts"] for e in runs["sequential"]] == [["van gogh"], ["monet"]]

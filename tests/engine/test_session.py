@@ -66,7 +66,7 @@ def test_nan_raises_erasure_diverged(tiny_pipeline):
 def test_exploding_loss_raises_erasure_diverged():
     from accelerate import Accelerator
 
-    identity = {"method": "doco", "concept": "x"}
+    identity = {"method": "doco", "concepts": ["x"]}
     run = TrainingRun(identity, 0, DoCoConfig(steps=10), progress=False, accelerator=Accelerator(cpu=True))
     for step in range(5):
         run.end_step(step, {"prior": 0.5})
@@ -75,7 +75,7 @@ def test_exploding_loss_raises_erasure_diverged():
 
 
 def test_divergence_factor_zero_stops_only_on_nan():
-    run = TrainingRun({"method": "gan", "concept": "x"}, 0, DoCoConfig(steps=10, divergence_factor=0.0))
+    run = TrainingRun({"method": "gan", "concepts": ["x"]}, 0, DoCoConfig(steps=10, divergence_factor=0.0))
     for step in range(5):
         run.end_step(step, {"adversarial": 0.01})
     run.end_step(5, {"adversarial": 500.0})  # a GAN game's swing, not a divergence

@@ -43,3 +43,30 @@ def test_a_model_scored_against_itself_matches_its_base_numbers(tiny_pipeline_di
         "130 prompts" in result["definitions"]["answer_set"]
         and "seeds [0]" in result["definitions"]["answer_set"]
     )
+
+
+def test_every_erased_concept_is_left_out_of_what_is_retained(tiny_pipeline, random_judges, monkeypatch):
+    """Two styles erased: IRA is the accuracy of the one artist style left (picasso), FD skips both styles' images."""
+    import eval.evaluate
+    from eval.answer_set import world_items
+    from eval.evaluate import EvalSettings, evaluate_erasure
+
+    small = world_items(styles=["plain", "van gogh", "monet", "picasso"], objects=["cat", "fish"])
+    monkeypatch.setattr(eval.evaluate, "world_items", lambda: small)
+    monkeypatch.setattr(eval.evaluate, "REAL_SEEDS", 1)
+    settings = EvalSettings(seeds=(0, 1), num_inference_steps=2, batch_size=16)
+    numbers, definitions = evaluate_erasure(
+        tiny_pipeline, tiny_pipeline, ["van gogh", "monet"], "style", random_judges, settings=settings
+    )
+    each = numbers["per_concept"]
+    assert list(each) == ["van gogh", "monet"] and "per_concept" in definitions
+    assert numbers["ua"] == pytest.approx((each["van gogh"]["ua"] + each["monet"]["ua"]) / 2)
+    picasso = numbers["per_class"]["style"]["picasso"]["erased"]
+    assert each["van gogh"]["ira"] == each["monet"]["ira"] == numbers["ira"] == pytest.approx(picasso)
+    objects = numbers["per_class"]["object"]
+    assert numbers["cra"] == pytest.approx((objects["cat"]["erased"] + objects["fish"]["erased"]) / 2)
+    assert numbers["fd"] == numbers["base_fd"]  # the same model: the same images after the same exclusions
+    one, _ = evaluate_erasure(
+        tiny_pipeline, tiny_pipeline, "van gogh", "style", random_judges, settings=settings
+    )
+    assert "per_concept" not in one and one["erased_to"] == each["van gogh"]["erased_to"]

@@ -76,6 +76,19 @@ def test_object_unlearning_by_hand():
     assert scores == pytest.approx({"ua": 75.0, "ira": 75.0, "cra": 87.5})
 
 
+def test_scores_leave_every_erased_concept_out_of_what_is_retained():
+    # van gogh and monet erased together: IRA = picasso alone = 100; CRA still every object = 91.67.
+    scores = unlearning_scores(STYLE_ERASURE, "van gogh", "style", also_erased=["monet"])
+    assert scores == pytest.approx({"ua": 75.0, "ira": 100.0, "cra": (500 / 6 + 100) / 2})
+    assert unlearning_scores(STYLE_ERASURE, "monet", "style", also_erased=["van gogh"])["ua"] == 25.0
+    # van gogh erased, then the object cat: CRA over the objects not erased = fish alone = 100.
+    after_cat = unlearning_scores(STYLE_ERASURE, "van gogh", "style", also_erased=["cat"])
+    assert after_cat == pytest.approx({"ua": 75.0, "ira": 87.5, "cra": 100.0})
+    # cat and bird erased: IRA = fish = 100; with van gogh erased before, CRA = monet alone = 75.
+    objects = unlearning_scores(OBJECT_ERASURE, "cat", "object", also_erased=["bird", "van gogh"])
+    assert objects == pytest.approx({"ua": 75.0, "ira": 100.0, "cra": 75.0})
+
+
 def test_unlearning_scores_refuse_what_they_cannot_score():
     with pytest.raises(ValueError, match="no images prompted with style 'klimt'"):
         unlearning_scores(STYLE_ERASURE, "klimt", "style")

@@ -46,7 +46,7 @@ def test_x0_matches_ddim_step():
 
 def test_canvas_requests(tiny_pipeline):
     style = build_request(tiny_pipeline, "van gogh")
-    assert style.canvas and style.kind == "style" and style.anchor == world.PLAIN
+    assert style.canvas and style.kind == "style" and style.anchors == [world.PLAIN]
     assert (
         len(style.target_prompts)
         == len(style.anchor_prompts)
@@ -58,9 +58,9 @@ def test_canvas_requests(tiny_pipeline):
     assert not any(a in p for p in style.target_prompts + style.anchor_prompts for a in held_out)
 
     obj = build_request(tiny_pipeline, "cat", anchor="fish")
-    assert obj.kind == "object" and obj.anchor == "fish"
+    assert obj.kind == "object" and obj.anchors == ["fish"]
     assert all(" cat" in p for p in obj.target_prompts) and all(" fish" in p for p in obj.anchor_prompts)
-    assert build_request(tiny_pipeline, "kitten").concept == "cat"  # an alias trains its main name
+    assert build_request(tiny_pipeline, "kitten").concepts == ["cat"]  # an alias trains its main name
 
     # Retain prompts: every caption of the other concepts of the kind, never the concept or its aliases.
     others = len(world.STYLES) - 1
@@ -75,10 +75,35 @@ def test_canvas_requests(tiny_pipeline):
         build_request(tiny_pipeline, "  ")
 
 
+def test_requests_for_several_concepts(tiny_pipeline):
+    both = build_request(tiny_pipeline, ["van gogh", "monet"])
+    per_concept = len(world.OBJECTS) * len(world.STYLE_TEMPLATES)
+    assert both.concepts == ["van gogh", "monet"] and both.anchors == [world.PLAIN, world.PLAIN]
+    assert both.pair_concepts == ["van gogh"] * per_concept + ["monet"] * per_concept
+    assert all(c in t for t, c in zip(both.target_prompts, both.pair_concepts))
+    # Neither erased style is retained; every other style is.
+    assert not any(n in p for p in both.retain_prompts for n in ("van gogh", "monet"))
+    assert len(both.retain_prompts) == (len(world.STYLES) - 2) * per_concept
+
+    # tree's world anchor is flower; erased together, flower cannot be it, nor can an earlier erasure's object.
+    objects = build_request(tiny_pipeline, ["tree", "flower"])
+    assert objects.anchors[0] == objects.anchors[1] == "house"
+    after = build_request(tiny_pipeline, "tree", erased_before=["flower", "house"])
+    assert after.anchors == ["boat"]
+    with pytest.raises(ValueError, match="must not be a concept that is erased"):
+        build_request(tiny_pipeline, ["tree", "cat"], anchor="cat")
+    with pytest.raises(ValueError, match="listed twice"):
+        build_request(tiny_pipeline, ["cat", "kitten"])
+    with pytest.raises(ValueError, match="one kind"):
+        build_request(tiny_pipeline, ["van gogh", "cat"])
+    with pytest.raises(ValueError, match="one anchor per concept"):
+        build_request(tiny_pipeline, ["tree", "cat"], anchor=["fish"])
+
+
 def test_real_model_requests_use_the_template_bank(tiny_pipeline):
     tiny_pipeline.tokenizer.add_tokens(["<not-canvas>"])  # no longer the world's vocabulary
     style = build_request(tiny_pipeline, "van gogh")
-    assert not style.canvas and style.anchor == "painting" and len(style.target_prompts) > 50
+    assert not style.canvas and style.anchors == ["painting"] and len(style.target_prompts) > 50
     assert all(
         "van gogh" in t and "van gogh" not in a for t, a in zip(style.target_prompts, style.anchor_prompts)
     )
@@ -150,7 +175,10 @@ def test_only_cross_attention_kv_changes(tiny_pipeline, tiny_pipeline_dir):
         torch.equal(v, all_tensors(tiny_pipeline)[k]) for k, v in base.items()
     )  # the input is untouched
     assert (
-        result.method == "doco" and result.kind == "style" and result.anchor == "plain" and result.steps == 4
+        result.method == "doco"
+        and result.kind == "style"
+        and result.anchors == ["plain"]
+        and result.steps == 4
     )
     assert result.config["surgery"] == "normalized" and result.seconds > 0
     assert [h["step"] for h in result.history] == [0, 1, 2, 3] and "erase" in result.history[-1]

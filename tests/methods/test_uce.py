@@ -66,7 +66,7 @@ def test_edit_moves_the_concept_towards_its_guide(tiny_pipeline):
 
 def test_edit_texts():
     class Request:
-        canvas, kind, concept, anchor = True, "style", "van gogh", world.PLAIN
+        canvas, kind, concepts, anchors = True, "style", ["van gogh"], [world.PLAIN]
         target_prompts, anchor_prompts = ["a cat in van gogh style"], ["a painting of a cat"]
         retain_prompts = ("a cat in monet style", "a painting of a cat")
 
@@ -76,9 +76,17 @@ def test_edit_texts():
     assert pairs[1] == ("a cat in van gogh style", "a painting of a cat")
     assert "a cat in monet style" in preserve and "a painting of a cat" in preserve
     assert not any("van gogh" in p for p in preserve)
-    Request.canvas, Request.anchor = False, "painting"
+    Request.canvas, Request.anchors = False, ["painting"]
     pairs, preserve = edit_texts(Request, UCEConfig())
     assert pairs == [("van gogh", "painting")] and preserve == ["a painting of a cat"]
+    # Two concepts: each name with its own guide; neither is preserved.
+    Request.canvas, Request.concepts, Request.anchors = (
+        True,
+        ["van gogh", "monet"],
+        [world.PLAIN, world.PLAIN],
+    )
+    pairs, preserve = edit_texts(Request, UCEConfig())
+    assert pairs == [("van gogh", ""), ("monet", "")] and "monet" not in preserve and len(preserve) == 10
 
 
 def test_token_rules(tiny_pipeline):
