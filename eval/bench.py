@@ -33,7 +33,6 @@ engine and the evaluation library; the tables and plots are eval.report's and ev
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shlex
@@ -174,24 +173,6 @@ def run_cell(
     return record
 
 
-def erased_pipeline(base, folder: Path):
-    """`base` with the delta in `folder` applied to copies of its UNet and text encoder (base stays as it is)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    from pipelines.delta import apply_delta
-
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        pipe = type(base).from_pipe(
-            base, unet=copy.deepcopy(base.unet), text_encoder=copy.deepcopy(base.text_encoder)
-        )
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
-    pipe.set_progress_bar_config(disable=True)
-    return apply_delta(pipe, folder)
-
-
 def oracle_cell(base, oracle, concept, kind, judges, out, attack_configs, seed, settings) -> dict:
     """The oracle's static metrics and relearning (eval.audit.oracle_record), cached as attacks/oracle/<concept>."""
     from eval import audit
@@ -232,8 +213,9 @@ def run_audit_cell(
     """Audit the cell's erased pipeline (rebuilt from its delta) with every attack, or with the `stale` ones of a
     `previous` record (their results replace its own); write its JSON atomically."""
     from eval import audit
+    from pipelines.delta import erased_copy
 
-    pipe = erased_pipeline(base, delta_dir(out, method, concept))
+    pipe = erased_copy(base, delta_dir(out, method, concept))
     names = list(stale or attack_configs)
     record, results = audit.audit(
         pipe, base, concept, kind, names, attack_configs, seed, judges, cache=Path(out) / "cache" / "audit"
@@ -353,10 +335,12 @@ def run_bench(
                 )
             grid_path = out / "grids" / f"{slug(concept)}.png"
             if grids and not finished_only and not grid_path.exists():
+                from pipelines.delta import erased_copy
+
                 pipes = {"original": base}
                 for method in methods:
                     if (delta_dir(out, method, concept) / "delta.safetensors").exists():
-                        pipes[method] = erased_pipeline(base, delta_dir(out, method, concept))
+                        pipes[method] = erased_copy(base, delta_dir(out, method, concept))
                 save_png(
                     comparison_grid(pipes, concept, kind, judges, seed=seed, settings=settings), grid_path
                 )

@@ -57,6 +57,7 @@ class EvalSettings:
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     batch_size: int = 65
+    aliases: bool = True  # also judge the alias prompts (alias_ua); eval.scale leaves them out
 
 
 def alias_items(concept: str, kind: str) -> list[tuple[str, str, str]]:
@@ -189,16 +190,21 @@ def evaluate_erasure(
     base_answers = answer_set(base, items, judges, settings, "answer set (original)", cache_dir)
     erased_answers = answer_set(erased, items, judges, settings, "answer set (erased)")
     base_records, erased_records = base_answers.records(), erased_answers.records()
-    aliases = [item for c, k in zip(concepts, kinds) for item in alias_items(c, k)]
-    alias_answers = answer_set(erased, aliases, judges, settings, "alias prompts (erased)")
+    aliases = (
+        [item for c, k in zip(concepts, kinds) for item in alias_items(c, k)] if settings.aliases else []
+    )
+    if aliases:
+        alias_answers = answer_set(erased, aliases, judges, settings, "alias prompts (erased)")
 
     per_concept = {}
     for c, k, a in zip(concepts, kinds, anchors):
         others = [o for o in concepts if o != c]
         scores = unlearning_scores(erased_records, c, k, others)
         base_scores = unlearning_scores(base_records, c, k, others)
-        alias = _target(alias_answers, c, k)
-        alias_preds = alias.pred_styles if k == "style" else alias.pred_objects
+        alias_preds = []
+        if aliases:
+            alias = _target(alias_answers, c, k)
+            alias_preds = alias.pred_styles if k == "style" else alias.pred_objects
         target = _target(erased_answers, c, k)
         target_texts = [world_prompt(s, o) for s, o in zip(target.styles, target.objects)]
         if k == "style":

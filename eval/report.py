@@ -384,6 +384,43 @@ def scatter(records: list[dict], methods: list[str], title: str, size: int = 360
     return image
 
 
+def line_chart(
+    title: str, series: dict[str, list[tuple[float, float]]], x_label: str, size=(360, 220)
+) -> Image.Image:
+    """One line per series (method) of (x, y) points, axes from 0 to the largest x and y, the values as ticks."""
+    font = ImageFont.load_default()
+    left, top, legend = 50, 30, 110
+    width, height = size
+    image = Image.new("RGB", (left + width + 20 + legend, top + height + 40), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((6, 6), title, fill="black", font=font)
+    points = [(x, y) for line in series.values() for x, y in line if not math.isnan(y)]
+    x_max = max([x for x, _ in points] + [1.0])
+    y_max = max([y for _, y in points] + [1e-12])
+
+    def xy(x, y):
+        return left + x / x_max * width, top + height - y / y_max * height
+
+    draw.rectangle([left, top, left + width, top + height], outline="black")
+    for x in sorted({x for x, _ in points}):
+        draw.text((xy(x, 0)[0] - 4, top + height + 4), format_value(float(x)), fill="black", font=font)
+    for tick in (0.0, y_max / 2, y_max):
+        draw.text((4, xy(0, tick)[1] - 6), format_value(tick), fill="black", font=font)
+    draw.text((left + width // 2 - 10, top + height + 20), x_label, fill="black", font=font)
+    methods = list(series)
+    for i, (method, line) in enumerate(series.items()):
+        colour = _colour(methods, method)
+        shown = [xy(x, y) for x, y in sorted(line) if not math.isnan(y)]
+        if len(shown) > 1:
+            draw.line(shown, fill=colour, width=2)
+        for x, y in shown:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        ly = top + 10 + 18 * i
+        draw.ellipse([left + width + 20, ly, left + width + 30, ly + 10], fill=colour, outline="black")
+        draw.text((left + width + 36, ly - 1), method, fill="black", font=font)
+    return image
+
+
 def machine_description(device, threads: int) -> str:
     """The machine the numbers were measured on, in words: the GPU's name, or the CPU and its thread count."""
     import os

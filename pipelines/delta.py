@@ -238,3 +238,22 @@ def load_erased(base: str | None, run_dir: str | Path, device: str | torch.devic
     delta, meta = load_delta(run_dir)
     pipeline = load_pipeline(base or meta["base"], device=device)
     return apply_delta(pipeline, delta)
+
+
+def erased_copy(base, run_dir: str | Path):
+    """A pipeline sharing `base`'s components but copies of its UNet and text encoder, with the delta in `run_dir`
+    applied to them (`base` keeps its weights): many erased models from one loaded base."""
+    import copy
+
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # from_pipe warns about casting; nothing is cast
+    try:
+        pipe = type(base).from_pipe(
+            base, unet=copy.deepcopy(base.unet), text_encoder=copy.deepcopy(base.text_encoder)
+        )
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    pipe.set_progress_bar_config(disable=True)
+    return apply_delta(pipe, run_dir)
