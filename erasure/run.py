@@ -145,7 +145,9 @@ def validate(args) -> tuple[list[str], Path]:
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1.")
     if args.mode == "sequential" and args.model == GAN_MODEL:
-        raise UsageError("canvas-gan unlearns its concepts together; --mode sequential is for diffusion models.")
+        raise UsageError(
+            "canvas-gan unlearns its concepts together; --mode sequential is for diffusion models."
+        )
     if args.robust and (args.method != "doco" or args.model == GAN_MODEL):
         raise UsageError("--robust is robust DoCo: use it with --method doco on a text-to-image model.")
     args.overrides = {"robust": True} if args.robust else {}
