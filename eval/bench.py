@@ -27,7 +27,7 @@ parallel runs (other methods or concepts, same settings) into one report.
 --device (default: cuda when there is one) is where the pipeline and the judges run; the erasures run on the
 engine's Accelerator device. Bad input (unknown method or concept, a missing model or judges, an --out made with
 other settings, an unusable --device) prints one sentence and exits with code 2. A command: it orchestrates the
-engine and the evaluation library; the tables and plots are eval.report's and eval.robustness's.
+engine and the evaluation library; the tables and plots are eval.results' and eval.robustness's.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from pathlib import Path
 
 from erasure.canvas.world import ARTIST_STYLES, OBJECTS, UnknownConceptError, canonical
 from erasure.files import slug, write_atomic
-from eval.report import DEFINITIONS, jsonable, machine_description, save_png, write_results
+from eval.report import jsonable, machine_description, save_png
+from eval.results import DEFINITIONS, write_results
 from eval.robustness import reference_rows, write_robustness
 
 

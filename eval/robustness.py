@@ -14,7 +14,8 @@ import math
 from pathlib import Path
 
 from erasure.files import write_atomic
-from eval.report import bar_chart, format_value, jsonable, nan_mean, save_png
+from eval.report import format_value, jsonable, save_png
+from eval.results import bar_chart, nan_mean
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -183,7 +183,8 @@ def run_scale(
 def write_scale(out: Path, records: list[dict], meta: dict) -> None:
     """scale.json (every record, with the definitions), scale.md (one table per kind, mode and metric: rows are
     methods, columns k) and the plots, each written atomically."""
-    from eval.report import format_value, jsonable, line_chart, save_png
+    from eval.report import format_value, jsonable, save_png
+    from eval.results import line_chart
 
     out = Path(out)
     write_atomic(
