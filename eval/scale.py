@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -86,19 +87,21 @@ def erase_chain(
     for i, group in enumerate(groups):
         folder = chain_dir(out, method, kind, groups[: i + 1])
         if not (folder / DELTA_FILE).exists():
+            checkpoints = Path(out) / "checkpoints" / folder.relative_to(Path(out) / "erasures")
             result = erase(
                 pipe,
                 group,
                 method=method,
                 config=config,
                 seed=seed,
-                checkpoint_dir=Path(out) / "checkpoints" / folder.relative_to(Path(out) / "erasures"),
+                checkpoint_dir=checkpoints,
                 resume=True,
                 progress=progress,
                 erased_before=erased,
             )
             with atomic_folder(folder) as tmp:
                 save_delta(result, tmp, base_model=model, previous=previous)
+            shutil.rmtree(checkpoints, ignore_errors=True)
         previous = load_delta(folder)
         erased += group
         if i + 1 < len(groups):

@@ -84,7 +84,8 @@ def erase(
     config_cls, run_method = METHODS[method].Config, METHODS[method].run
     request = build_request(pipeline, concepts, anchor, kind, anchor_latents, erased_before)
     if config is None or isinstance(config, dict):
-        config = replace(config_cls.defaults(request.kind, canvas=request.canvas), **(config or {}))
+        defaults = config_cls.defaults(request.kind, request.canvas, len(request.concepts))
+        config = replace(defaults, **(config or {}))
     if steps is not None:
         config = config.with_steps(steps)
 

@@ -66,8 +66,14 @@ class MethodConfig:
         return cls.sd(kind)
 
     @classmethod
-    def defaults(cls, kind: str, canvas: bool):
-        return cls.canvas(kind) if canvas else cls.sd(kind)
+    def defaults(cls, kind: str, canvas: bool, concepts: int = 1):
+        """`canvas(kind)` or `sd(kind)`, for a request of `concepts` concepts (`for_concepts`)."""
+        return (cls.canvas(kind) if canvas else cls.sd(kind)).for_concepts(concepts)
+
+    def for_concepts(self, concepts: int):
+        """These settings for a run that erases `concepts` concepts at once (a method whose budget does not
+        depend on it returns them unchanged)."""
+        return self
 
     def with_steps(self, steps: int):
         """The same config over `steps` steps; a method without steps refuses (one sentence, ValueError)."""
@@ -90,6 +96,10 @@ class AnchorImagesConfig(MethodConfig):
     anchor_guidance: float = option(7.5, "classifier-free guidance scale of the anchor images")
     anchor_batch: int = option(8, "images per anchor generation batch")
     hflip: bool = option(True, "random horizontal flips of anchor latents")
+
+    def for_concepts(self, concepts: int):
+        """As many anchor images per concept as for one: each concept's caption pairs stay covered."""
+        return replace(self, num_anchor_images=self.num_anchor_images * max(1, concepts))
 
     def with_canvas_anchor_images(self):
         """64 anchor images sampled as canvas-sd samples (20 DDIM steps, guidance 5), 32 per batch: about one per

@@ -160,6 +160,14 @@ class DoCoConfig(AnchorImagesConfig):
             retain_weight=10.0,
         )
 
+    def for_concepts(self, concepts: int) -> DoCoConfig:
+        """k concepts at once: k times the anchor images and the UNet updates, one discriminator warm-up. Each
+        concept gets as many updates as in a run of its own; fewer do not erase them all (docs/scale.md), and the
+        run saves k - 1 warm-ups and set-ups against k runs."""
+        scaled = super().for_concepts(concepts)
+        updates = (self.steps - self.d_warmup) * max(1, concepts)
+        return replace(scaled, steps=self.d_warmup + updates)
+
     def with_steps(self, steps: int) -> DoCoConfig:
         """The same schedule over `steps` steps: the warm-up keeps its share of the run."""
         return replace(self, steps=steps, d_warmup=round(steps * self.d_warmup / max(self.steps, 1)))

@@ -72,3 +72,20 @@ def test_one_run_moves_both_concepts_towards_their_anchors(tiny_pipeline, tiny_p
     assert result.concepts == ["van gogh", "monet"] and result.anchors == ["plain", "plain"]
     after = {c: gap(tiny_pipeline, result.pipeline.unet, teacher, *s) for c, s in samples.items()}
     assert all(after[c] < 0.8 * before[c] for c in samples), (before, after)
+
+
+def test_budgets_for_several_concepts():
+    from erasure.methods.ca import CAConfig
+    from erasure.methods.doco import DoCoConfig
+    from erasure.methods.esd import ESDConfig
+
+    one = DoCoConfig.canvas("style")
+    six = DoCoConfig.defaults("style", True, 6)
+    assert six.num_anchor_images == 6 * one.num_anchor_images and six.d_warmup == one.d_warmup
+    assert six.steps - six.d_warmup == 6 * (one.steps - one.d_warmup)  # each concept: a single run's updates
+    assert DoCoConfig.defaults("style", True, 1) == one
+    assert (
+        CAConfig.defaults("object", True, 4).num_anchor_images
+        == 4 * CAConfig.canvas("object").num_anchor_images
+    )
+    assert ESDConfig.defaults("style", True, 5) == ESDConfig.canvas("style")
