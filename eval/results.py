@@ -266,7 +266,8 @@ def line_chart(
 
     draw.rectangle([left, top, left + width, top + height], outline="black")
     for x in sorted({x for x, _ in points}):
-        draw.text((xy(x, 0)[0] - 4, top + height + 4), format_value(float(x)), fill="black", font=font)
+        label = str(int(x)) if float(x).is_integer() else format_value(float(x))
+        draw.text((xy(x, 0)[0] - 4, top + height + 4), label, fill="black", font=font)
     for tick in (0.0, y_max / 2, y_max):
         draw.text((4, xy(0, tick)[1] - 6), format_value(tick), fill="black", font=font)
     draw.text((left + width // 2 - 10, top + height + 20), x_label, fill="black", font=font)

@@ -38,7 +38,7 @@ from erasure.files import atomic_folder, slug, write_atomic
 
 KINDS = {"styles": ("style", ARTIST_STYLES), "objects": ("object", OBJECTS)}
 MODES = ("together", "sequential")
-METRICS = ("ua", "ira", "cra", "fd", "seconds")
+METRICS = ("ua", "ira", "cra", "fd", "seconds", "peak_memory_bytes")
 DEFINITIONS = {
     "concepts": "the first k of a seeded shuffle (random.Random(seed)) of the kind's world concepts",
     "ua": "unlearning accuracy: mean over the k erased concepts of 100 - judge accuracy on their prompts (%)",
@@ -220,6 +220,7 @@ def write_scale(out: Path, records: list[dict], meta: dict) -> None:
                 if f"base_{metric}" in mine[0]:  # the base model with the same concepts left out
                     row = {r["k"]: r[f"base_{metric}"] for r in mine}
                     parts += ["| base | " + " | ".join(format_value(row[k]) for k in ks) + " |"]
+                    series["base"] = sorted(row.items())
                 parts += [""]
                 chart = line_chart(f"{metric}, {kind}s, {mode}", series, "k (concepts erased)")
                 save_png(chart, out / "plots" / f"{kind}s-{mode}-{metric}.png")
