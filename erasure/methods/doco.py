@@ -161,12 +161,11 @@ class DoCoConfig(AnchorImagesConfig):
         )
 
     def for_concepts(self, concepts: int) -> DoCoConfig:
-        """k concepts at once: k times the anchor images and the UNet updates, one discriminator warm-up. Each
-        concept gets as many updates as in a run of its own; fewer do not erase them all (docs/scale.md), and the
-        run saves k - 1 warm-ups and set-ups against k runs."""
+        """k concepts at once: k times the anchor images and ceil(sqrt(k)) times the steps (the warm-up keeps its
+        share). A single run's steps shared by k concepts leave them drawn; k times its updates erase no more and
+        cost the rest of the world more (docs/scale.md)."""
         scaled = super().for_concepts(concepts)
-        updates = (self.steps - self.d_warmup) * max(1, concepts)
-        return replace(scaled, steps=self.d_warmup + updates)
+        return scaled.with_steps(self.steps * math.ceil(math.sqrt(max(1, concepts))))
 
     def with_steps(self, steps: int) -> DoCoConfig:
         """The same schedule over `steps` steps: the warm-up keeps its share of the run."""

@@ -81,8 +81,8 @@ def test_budgets_for_several_concepts():
 
     one = DoCoConfig.canvas("style")
     six = DoCoConfig.defaults("style", True, 6)
-    assert six.num_anchor_images == 6 * one.num_anchor_images and six.d_warmup == one.d_warmup
-    assert six.steps - six.d_warmup == 6 * (one.steps - one.d_warmup)  # each concept: a single run's updates
+    assert six.num_anchor_images == 6 * one.num_anchor_images and six.steps == 3 * one.steps  # ceil(sqrt(6))
+    assert six.d_warmup / six.steps == one.d_warmup / one.steps
     assert DoCoConfig.defaults("style", True, 1) == one
     assert (
         CAConfig.defaults("object", True, 4).num_anchor_images
