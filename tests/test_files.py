@@ -45,7 +45,7 @@ def test_erasure_assets_moves_every_shipped_path(tmp_path):
     code = (
         "from erasure.files import ASSETS; from pipelines.loading import REGISTRY; "
         "from pipelines.canvas_clip import CANVAS_CLIP; from pipelines.stylegan import CANVAS_GAN; "
-        "from eval.judges.models import JUDGES_DIR; from erasure.methods.base import TEMPLATE_BANK; "
+        "from eval.judges.models import JUDGES_DIR; from erasure.methods.request import TEMPLATE_BANK; "
         "print(ASSETS, REGISTRY['canvas-sd'].parent, CANVAS_CLIP.parent, CANVAS_GAN.parent, JUDGES_DIR.parent, "
         "TEMPLATE_BANK.parent.parent)"
     )

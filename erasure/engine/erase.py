@@ -24,7 +24,7 @@ from accelerate.state import AcceleratorState, PartialState
 from erasure.engine.memory import PeakMemory
 from erasure.engine.session import TrainingRun
 from erasure.methods import METHODS
-from erasure.methods.base import build_request
+from erasure.methods.request import build_request
 
 
 @dataclass

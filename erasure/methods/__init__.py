@@ -1,4 +1,5 @@
-"""Diffusion erasure methods, one file each, sharing only the small helpers in `base` and the `MethodConfig` base.
+"""Diffusion erasure methods, one file each, sharing only the request (`request`), the small helpers in `base` and
+the `MethodConfig` base.
 
 Each method is a `Config` dataclass (a `MethodConfig`) and a `run(pipeline, request, config, session) ->
 pipeline` function; `METHODS` names them for the engine (`erasure.engine.erase`) and the commands.
@@ -9,17 +10,12 @@ from typing import NamedTuple
 
 from erasure.methods import advunlearn, ca, doco, esd, stereo, uce
 from erasure.methods.advunlearn import AdvUnlearnConfig
-from erasure.methods.base import (
-    ErasureRequest,
-    build_request,
-    cross_attention_kv,
-    predicted_x0,
-    unet_parameters,
-)
+from erasure.methods.base import cross_attention_kv, predicted_x0, unet_parameters
 from erasure.methods.ca import CAConfig
 from erasure.methods.config import MethodConfig
 from erasure.methods.doco import DoCoConfig, PatchDiscriminator, surgery
 from erasure.methods.esd import ESDConfig
+from erasure.methods.request import ErasureRequest, build_request
 from erasure.methods.stereo import STEREOConfig
 from erasure.methods.uce import UCEConfig, uce_weight
 

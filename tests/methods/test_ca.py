@@ -9,9 +9,10 @@ from diffusers import DDPMScheduler
 
 from erasure.engine import erase
 from erasure.methods import METHODS
-from erasure.methods.base import build_request, cross_attention_kv, encode_prompts, select_pairs
+from erasure.methods.base import cross_attention_kv, encode_prompts, select_pairs
 from erasure.methods.ca import CAConfig
 from erasure.methods.doco import DoCoConfig
+from erasure.methods.request import build_request
 from tests.helpers import all_tensors, fresh
 
 TINY = {

@@ -9,8 +9,9 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from erasure.canvas import world
 from erasure.canvas.sd_config import SD_SCHEDULE
 from erasure.engine import erase
-from erasure.methods.base import build_request, cross_attention_kv, encode_prompts, predicted_x0
+from erasure.methods.base import cross_attention_kv, encode_prompts, predicted_x0
 from erasure.methods.doco import DoCoConfig, PatchDiscriminator, RetainSpring
+from erasure.methods.request import build_request
 from tests.helpers import TINY_DOCO, all_tensors, fresh, pipeline_of, world_text_encoder
 
 # --- predicted x0 ----------------------------------------------------------------------------------------------

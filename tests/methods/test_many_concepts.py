@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from erasure.engine import erase
-from erasure.methods.base import build_request, encode_prompts, seeded_cycle
+from erasure.methods.base import encode_prompts, seeded_cycle
+from erasure.methods.request import build_request
 from tests.helpers import TINY_DOCO, fresh
 
 # Enough steps on the tiny pipeline for a noise-matching loss to move (the CA test's budget). DoCo runs its

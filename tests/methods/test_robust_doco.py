@@ -8,14 +8,9 @@ from diffusers import DDPMScheduler
 
 from erasure.engine import TrainingRun, erase
 from erasure.methods.adversaries import AdversarialPrompts, adversarial_template
-from erasure.methods.base import (
-    AnchorData,
-    build_request,
-    encode_prompts,
-    frozen_teacher_and_student,
-    unet_parameters,
-)
+from erasure.methods.base import AnchorData, encode_prompts, frozen_teacher_and_student, unet_parameters
 from erasure.methods.doco import DoCoConfig
+from erasure.methods.request import build_request
 from pipelines.slots import SLOT
 from tests.helpers import TINY_DOCO, fresh, interrupted_after_checkpoint
 

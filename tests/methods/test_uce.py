@@ -11,7 +11,8 @@ from erasure.canvas import world
 from erasure.canvas.sd_config import build_unet, build_vae
 from erasure.canvas.tokenizer import build_tokenizer
 from erasure.engine import erase
-from erasure.methods.base import build_request, cross_attention_kv
+from erasure.methods.base import cross_attention_kv
+from erasure.methods.request import build_request
 from erasure.methods.uce import UCEConfig, edit_texts, erase_tokens, uce_weight
 from tests.helpers import all_tensors, fresh, pipeline_of, world_text_encoder
 

@@ -1,0 +1,129 @@
+"""What `python -m erasure.run` writes beside the erased model: the evaluation (metrics, grid, report) of a
+canvas-sd run and of a canvas-gan run, and the audit's sections. Functions of the command, kept apart so that
+erasure/run.py stays its checks and its flow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from erasure.files import slug
+
+
+def evaluate_gan_into(tmp: Path, base, new, info: dict, config) -> tuple[dict, dict]:
+    """The judges' numbers on 2000 fixed latents, the grid and the report of a canvas-gan run."""
+    from eval.gan_eval import comparison_grid, evaluate_gan
+    from eval.judges.models import load_judges
+    from eval.report import write_report
+
+    concepts = [c["concept"] for c in info["concepts"]]
+    judges = load_judges(next(base.parameters()).device)
+    metrics, definitions = evaluate_gan(base, new, concepts, judges, n=2000, seconds=info["seconds"])
+    grid = comparison_grid(base, new, concepts, judges)
+    grid.save(tmp / "grid.png")
+    names = ", ".join(concepts)
+    row = {
+        "method": "text-to-unlearn",
+        "concept": names,
+        "train": config.train,
+        "steps": info["config"]["steps"],
+    }
+    row.update({k: v for k, v in metrics.items() if isinstance(v, float | int) and not isinstance(v, bool)})
+    write_report(
+        tmp / "report.html",
+        f"Unlearning {names} from canvas-gan with Text-to-Unlearn",
+        [row],
+        definitions,
+        images={"grid (same latents; judge verdict: style / object)": grid},
+        bars={
+            "judged concept share, before / after": {
+                "before": metrics["concept_share_before"],
+                "after": metrics["concept_share_after"],
+            },
+            "judged style shares after": metrics["style_share_after"],
+            "judged object shares after": metrics["object_share_after"],
+        },
+    )
+    return metrics, definitions
+
+
+def audit_into(tmp: Path, base, erased, results, args) -> str:
+    """`--audit`: every chosen attack on the erased pipeline, per concept this run erased, into
+    audit/<concept>/; the HTML sections for the report."""
+    from eval import audit
+    from eval.judges.models import load_judges
+    from eval.report import jsonable
+
+    judges, sections = load_judges(), []
+    configs = args.attack_configs
+    for concept, kind in ((c, r.kind) for r in results for c in r.concepts):
+        record, attacked = audit.audit(
+            erased, base, concept, kind, list(configs), configs, args.seed, judges, cache=audit.CACHE
+        )
+        folder = tmp / "audit" / slug(concept)
+        folder.mkdir(parents=True)
+        record = jsonable(record)
+        (folder / "audit.json").write_text(json.dumps(record, indent=2))
+        grid = audit.samples_grid(attacked)
+        if grid is not None:
+            grid.save(folder / "grid.png")
+        sections.append(audit.audit_section(record, grid))
+    return "\n".join(sections)
+
+
+def evaluate_into(
+    tmp: Path,
+    base,
+    erased,
+    erasures: list[dict],
+    args,
+    metrics: dict,
+    definitions: dict,
+    extra_html: str = "",
+) -> None:
+    """Answer sets, metrics, grid and report for a canvas run, every concept of the chain `erasures` (erasure.json)
+    counted as erased (one concept: its numbers; several: their means, and each under per_concept)."""
+    from eval.evaluate import EvalSettings, comparison_grid, evaluate_erasure
+    from eval.judges.models import load_judges
+    from eval.report import write_report
+
+    judges = load_judges()
+    settings = EvalSettings(seeds=tuple(range(args.eval_seeds)))
+    concepts = [c for e in erasures for c in e["concepts"]]
+    kinds = [e["kind"] for e in erasures for _ in e["concepts"]]
+    anchors = [a for e in erasures for a in e["anchors"]]
+    numbers, defs = evaluate_erasure(
+        base, erased, concepts, kinds, judges, anchors, settings, Path("runs/.cache")
+    )
+    metrics.update(numbers)
+    definitions.update(defs)
+    # The report's views follow the first concept this run erased.
+    first = concepts[len(args.erased_before)]
+    kind = kinds[concepts.index(first)]
+    views = numbers if len(concepts) == 1 else numbers["per_concept"][first]
+    grid = comparison_grid({"original": base, "erased": erased}, first, kind, judges, seed=args.seed)
+    grid.save(tmp / "grid.png")
+    row = {"method": args.method, "concept": ", ".join(concepts)}
+    row.update({k: round(v, 2) for k, v in numbers.items() if isinstance(v, float | int)})
+    bars = {"UA / IRA / CRA (%)": {k: numbers[k] for k in ("ua", "ira", "cra", "alias_ua")}}
+    for axis in ("style", "object"):
+        bars[f"{axis} accuracy change, erased - base (points)"] = {
+            label: v["change"] for label, v in numbers["per_class"][axis].items()
+        }
+    bars[f"where '{first}' images land (% of them, erased model)"] = views["erased_to"]
+    per_class_rows = [
+        {"class": f"{axis}: {label}", **v}
+        for axis in ("style", "object")
+        for label, v in numbers["per_class"][axis].items()
+    ]
+    write_report(
+        tmp / "report.html",
+        f"Erasing {row['concept']} from {args.base_model} with {args.method}",
+        [row],
+        definitions,
+        images={"grid": grid},
+        bars=bars,
+        tables={"per class (judged accuracy, %)": per_class_rows},
+        html=extra_html,
+    )
