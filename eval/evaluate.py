@@ -274,7 +274,9 @@ def _definitions(concepts, kinds, anchors, n_items, n_seeds, n_alias, settings) 
         "clip_score": f"judge-clip: mean 100*max(cos(image, text), 0) over the erased model's images of {names} and their own prompts{mean}",
         "base_clip_score": "the same CLIP score for the original model",
         "clip_accuracy": f"judge-clip: % of the erased model's images of {names} closer to the target text than to the anchor text ({', '.join(anchors)}){mean}",
-        "base_ua": "UA, IRA, CRA of the original model on the same answer set (base_ua/base_ira/base_cra)",
+        "base_ua": "UA of the original model on the same answer set",
+        "base_ira": "IRA of the original model on the same answer set, the same concepts left out",
+        "base_cra": "CRA of the original model on the same answer set, the same concepts left out",
         "per_class": (
             f"every style's style accuracy and every object's object accuracy ({judge}) on the answer set, base and "
             "erased, and their change (erased - base, percentage points)"
