@@ -183,7 +183,7 @@ def chain(args) -> None:
     """Where --model comes from: `args.world` (a Canvas model: canvas-sd, canvas-gan, or a run made from
     canvas-sd), and for an earlier run's folder `args.previous` (its delta and erasure.json), `args.pipeline_path`
     (its pipeline/), `args.base_model` (the chain's original base) and `args.erased_before` (what it erased)."""
-    from pipelines.delta import erasure_chain, erasure_run_of, load_delta
+    from pipelines.delta import erased_concepts, erasure_chain, erasure_run_of, load_delta
 
     args.previous, args.pipeline_path, args.base_model, args.erased_before = None, args.model, args.model, []
     run_dir = erasure_run_of(args.model) if args.model not in ("canvas-sd", GAN_MODEL) else None
@@ -194,9 +194,7 @@ def chain(args) -> None:
             raise UsageError(f"{args.model} is an erasure run that cannot be built on: {err}") from None
         meta = args.previous[1]
         args.pipeline_path, args.base_model = str(run_dir / "pipeline"), meta["base"]
-        args.erased_before = list(
-            meta.get("concepts") or [c for e in erasure_chain(meta) for c in e["concepts"]]
-        )
+        args.erased_before = erased_concepts(erasure_chain(meta))[0]
     args.world = args.base_model in ("canvas-sd", GAN_MODEL)
 
 

@@ -87,12 +87,11 @@ def evaluate_into(
     from eval.evaluate import EvalSettings, comparison_grid, evaluate_erasure
     from eval.judges.models import load_judges
     from eval.report import write_report
+    from pipelines.delta import erased_concepts
 
     judges = load_judges()
     settings = EvalSettings(seeds=tuple(range(args.eval_seeds)))
-    concepts = [c for e in erasures for c in e["concepts"]]
-    kinds = [e["kind"] for e in erasures for _ in e["concepts"]]
-    anchors = [a for e in erasures for a in e["anchors"]]
+    concepts, kinds, anchors = erased_concepts(erasures)
     numbers, defs = evaluate_erasure(
         base, erased, concepts, kinds, judges, anchors, settings, Path("runs/.cache")
     )

@@ -105,7 +105,7 @@ def erase_chain(
         previous = load_delta(folder)
         erased += group
         if i + 1 < len(groups):
-            pipe = erased_copy(base, folder)
+            pipe = erased_copy(base, previous[0])
     return folder
 
 
@@ -113,17 +113,14 @@ def score(base, folder: Path, judges, settings, out: Path) -> dict:
     """metrics.json in an erasure's folder: eval.evaluate's numbers for every concept its chain erased."""
     from eval.evaluate import evaluate_erasure
     from eval.report import jsonable
-    from pipelines.delta import erased_copy, erasure_chain, load_delta
+    from pipelines.delta import erased_concepts, erased_copy, erasure_chain, load_delta
 
     path = folder / "metrics.json"
     if path.exists():
         return json.loads(path.read_text())
-    meta = load_delta(folder)[1]
-    chain = erasure_chain(meta)
-    concepts = [c for e in chain for c in e["concepts"]]
-    kinds = [e["kind"] for e in chain for _ in e["concepts"]]
-    anchors = [a for e in chain for a in e["anchors"]]
-    erased = erased_copy(base, folder)
+    delta, meta = load_delta(folder)
+    concepts, kinds, anchors = erased_concepts(erasure_chain(meta))
+    erased = erased_copy(base, delta)
     numbers, definitions = evaluate_erasure(
         base, erased, concepts, kinds, judges, anchors, settings, Path(out) / "cache"
     )

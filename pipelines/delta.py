@@ -99,7 +99,7 @@ def save_delta(
         }
         for r in results
     ]
-    concepts = [c for step in chain for c in step["concepts"]]
+    concepts = erased_concepts(chain)[0]
     save_file(tensors, path, metadata={"format": "erasure-delta", "concept": ", ".join(concepts)})
     if earlier_meta is not None:
         base = earlier_meta["base"]
@@ -150,6 +150,12 @@ def erasure_chain(meta: dict) -> list[dict]:
         }
         for i in range(count)
     ]
+
+
+def erased_concepts(chain: list[dict]) -> tuple[list[str], list[str], list[str]]:
+    """(concepts, kinds, anchors), one entry per concept, in the order the erasures of `chain` removed them."""
+    rows = [(c, step["kind"], a) for step in chain for c, a in zip(step["concepts"], step["anchors"])]
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
 
 def erasure_run_of(model: str | Path) -> Path | None:
@@ -240,9 +246,10 @@ def load_erased(base: str | None, run_dir: str | Path, device: str | torch.devic
     return apply_delta(pipeline, delta)
 
 
-def erased_copy(base, run_dir: str | Path):
-    """A pipeline sharing `base`'s components but copies of its UNet and text encoder, with the delta in `run_dir`
-    applied to them (`base` keeps its weights): many erased models from one loaded base."""
+def erased_copy(base, run_dir_or_delta):
+    """A pipeline sharing `base`'s components but copies of its UNet and text encoder, with a delta (a run folder or
+    its loaded tensors, as `apply_delta` takes) applied to them (`base` keeps its weights): many erased models from
+    one loaded base."""
     import copy
 
     from diffusers.utils import logging as diffusers_logging
@@ -256,4 +263,4 @@ def erased_copy(base, run_dir: str | Path):
     finally:
         diffusers_logging.set_verbosity(verbosity)
     pipe.set_progress_bar_config(disable=True)
-    return apply_delta(pipe, run_dir)
+    return apply_delta(pipe, run_dir_or_delta)
