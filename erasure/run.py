@@ -3,6 +3,8 @@
 Writes, atomically (a temporary folder renamed into place), to --out (default runs/<concept-slug>):
   pipeline/           a full diffusers folder: StableDiffusionPipeline.from_pretrained(...) loads it
   delta.safetensors   only the changed tensors; erasure.json says what, how, from which base
+  lora/               the change as a LoRA: pipe.load_lora_weights(".../lora") on the base (pipelines/lora.py)
+  README.md           a model card: base, erasures, figures with their definitions, how to load each form
   metrics.json        UA / IRA / CRA, alias UA, FD, CLIP score and accuracy, time, memory, storage + definitions
   grid.png            original vs erased on the same seeds, judge verdict under each image
   report.html         one self-contained page with all of the above
@@ -180,8 +182,8 @@ def validate(args) -> tuple[list[str], Path]:
 
 
 def chain(args) -> None:
-    """Where --model comes from: `args.world` (a Canvas model: canvas-sd, canvas-gan, or a run made from
-    canvas-sd), and for an earlier run's folder `args.previous` (its delta and erasure.json), `args.pipeline_path`
+    """Where --model comes from: `args.world` (a Canvas model: canvas-sd, canvas-gan, a folder with the world's
+    tokenizer (a copy of canvas-sd), or a run made from one of them), and for an earlier run's folder `args.previous` (its delta and erasure.json), `args.pipeline_path`
     (its pipeline/), `args.base_model` (the chain's original base) and `args.erased_before` (what it erased)."""
     from pipelines.delta import erased_concepts, erasure_chain, erasure_run_of, load_delta
 
@@ -195,7 +197,9 @@ def chain(args) -> None:
         meta = args.previous[1]
         args.pipeline_path, args.base_model = str(run_dir / "pipeline"), meta["base"]
         args.erased_before = erased_concepts(erasure_chain(meta))[0]
-    args.world = args.base_model in ("canvas-sd", GAN_MODEL)
+    from pipelines.loading import is_canvas_folder
+
+    args.world = args.base_model == GAN_MODEL or is_canvas_folder(args.base_model)
 
 
 def run(args) -> Path:
@@ -206,6 +210,7 @@ def run(args) -> Path:
     from erasure.engine import erase
     from pipelines.delta import META_FILE, save_delta
     from pipelines.loading import PipelineLoadError, load_pipeline
+    from pipelines.lora import export_lora
 
     concepts, out = validate(args)
     torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
@@ -243,24 +248,29 @@ def run(args) -> Path:
     with atomic_folder(out) as tmp:
         erased.save_pretrained(tmp / "pipeline", safe_serialization=True)
         save_delta(results, tmp, base_model=args.model, previous=args.previous)
+        lora = export_lora(tmp, base)
         storage = (tmp / "delta.safetensors").stat().st_size
         metrics = {
             "seconds": sum(r.seconds for r in results),
             "peak_memory_bytes": max(r.peak_memory_bytes for r in results),
             "storage_bytes": storage,
+            "lora_bytes": lora.get("bytes"),
         }
         definitions = {
             "seconds": "wall-clock seconds of the erasure itself (anchor generation + training), evaluation excluded",
             "peak_memory_bytes": results[0].memory_definition,
             "storage_bytes": "bytes of delta.safetensors (only the changed tensors)",
+            "lora_bytes": "bytes of lora/pytorch_lora_weights.safetensors (None: the delta is not a LoRA's; "
+            "erasure.json 'lora' says why)",
         }
-        from erasure.run_outputs import audit_into, evaluate_into
+        from erasure.run_outputs import audit_into, evaluate_into, write_model_card
 
         audit_html = audit_into(tmp, base, erased, results, args) if args.audit else ""
         if args.world and not args.no_eval:
             erasures = json.loads((tmp / META_FILE).read_text())["erasures"]
             evaluate_into(tmp, base, erased, erasures, args, metrics, definitions, audit_html)
         (tmp / "metrics.json").write_text(json.dumps({**metrics, "definitions": definitions}, indent=2))
+        write_model_card(tmp, json.loads((tmp / META_FILE).read_text()), metrics, definitions)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return out
 

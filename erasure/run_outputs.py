@@ -126,3 +126,65 @@ def evaluate_into(
         tables={"per class (judged accuracy, %)": per_class_rows},
         html=extra_html,
     )
+
+
+def write_model_card(tmp: Path, meta: dict, metrics: dict, definitions: dict) -> None:
+    """README.md of a text-to-image run: what was erased from which base and how, the figures with their
+    definitions, and the three ways to load the result (the folder, the LoRA, the delta)."""
+    erasures = meta["erasures"]
+    lora = meta.get("lora", {})
+    lines = [
+        f"# {meta['base']} without {', '.join(meta['concepts'])}",
+        "",
+        f"Erased with the `erasure` package from the base model `{meta['base']}`, in this order:",
+        "",
+        "| method | concepts | kind | anchors | steps | seconds |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {e['method']} | {', '.join(e['concepts'])} | {e['kind']} | {', '.join(e['anchors'])} | "
+            f"{e['steps']} | {e['seconds']:.0f} |"
+            for e in erasures
+        ),
+        "",
+        "Each erasure's full config is in `erasure.json` (`erasures[i].config`).",
+        "",
+        "## Figures",
+        "",
+    ]
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if not {"ua", "ira", "cra"} & set(numbers):
+        lines += ["Not evaluated (`--no-eval`, or a model outside the Canvas world).", ""]
+    lines += [f"- `{k}` = {v:.4g}: {definitions.get(k, '')}" for k, v in numbers.items()]
+    lines += [
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "from diffusers import DiffusionPipeline",
+        'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder/pipeline")  # the full erased model',
+        "```",
+        "",
+    ]
+    if lora.get("written"):
+        lines += [
+            (
+                f"As a LoRA on the base (rank {lora['rank']}, largest relative error of a layer's change "
+                f"{lora['max_relative_error']:.2%}; diffusers needs `peft`):"
+            ),
+            "",
+            "```python",
+            f'pipe = DiffusionPipeline.from_pretrained("{meta["base"]}")',
+            'pipe.load_lora_weights("path/to/this/folder/lora")',
+            "```",
+            "",
+        ]
+    else:
+        lines += [f"No LoRA: {lora.get('reason', 'not exported')}", ""]
+    lines += [
+        (
+            "Or the delta on the base, with this package: "
+            '`pipelines.delta.load_erased(None, "path/to/this/folder")` (it checks the sha256 in erasure.json).'
+        ),
+        "",
+    ]
+    (tmp / "README.md").write_text("\n".join(lines))

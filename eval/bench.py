@@ -23,7 +23,9 @@ budgets and seed for every method; --budget attack.field=value changes a budget 
   attacks/oracle/<concept>.json   with --oracle FOLDER (erasure.train.sd --exclude C): the model that never knew
                                   C, its static metrics and relearning curve, beside every method's in robustness.md
 --report-only runs nothing and rebuilds every table and plot from the cells already in --out: the way to gather
-parallel runs (other methods or concepts, same settings) into one report.
+parallel runs (other methods or concepts, same settings) into one report. Under `accelerate launch --num_processes
+N -m eval.bench ...` (or torchrun) the N processes share the cells (each on its own GPU, as its LOCAL_RANK says),
+mark shards/<rank>.json when done, and the first one gathers every cell into the tables.
 --device (default: cuda when there is one) is where the pipeline and the judges run; the erasures run on the
 engine's Accelerator device. Bad input (unknown method or concept, a missing model or judges, an --out made with
 other settings, an unusable --device) prints one sentence and exits with code 2. A command: it orchestrates the
@@ -33,6 +35,7 @@ engine and the evaluation library; the tables and plots are eval.results' and ev
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -43,6 +46,7 @@ from pathlib import Path
 
 from erasure.canvas.world import ARTIST_STYLES, OBJECTS, UnknownConceptError, canonical
 from erasure.files import slug, write_atomic
+from eval.launch import launched_shard, shard_marker, wait_for_shards
 from eval.report import jsonable, machine_description, save_png
 from eval.results import DEFINITIONS, write_results
 from eval.robustness import reference_rows, write_robustness
@@ -250,6 +254,7 @@ def run_bench(
     machine: str = "",
     oracles: dict | None = None,
     finished_only: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[dict]:
     """Every (method, concept) cell (finished ones are loaded, not rerun), then results, tables, plots and grids.
 
@@ -257,7 +262,8 @@ def run_bench(
     (attack name -> its Config) audits every cell too; `oracles` (concept -> a pipeline trained without it) adds
     the exact-unlearning reference for those concepts. `finished_only` runs nothing: the results and reports are
     rebuilt from the cells already in `out` (parallel runs over other methods or concepts write the same folder).
-    Returns the records.
+    `shard` = (i, n): this process runs the i-th of every n cells, audits and grids (`accelerate launch`, see
+    main); with n > 1 it writes no tables, which the gathering run does. Returns the records.
     """
     from tqdm.auto import tqdm
 
@@ -287,14 +293,19 @@ def run_bench(
     cells = [(m, c, k) for c, k in concepts for m in methods]
     done = sum(cell_path(out, m, c).exists() for m, c, _ in cells)
     records = {}
+    index, count = shard
+
+    def mine(position: int) -> bool:
+        return not finished_only and position % count == index
+
     with tqdm(total=len(cells), initial=done, desc="bench", unit="cell", disable=not progress) as bar:
-        for concept, kind in concepts:
-            for method in methods:
+        for concept_index, (concept, kind) in enumerate(concepts):
+            for method_index, method in enumerate(methods):
                 path = cell_path(out, method, concept)
                 if path.exists():
                     records[method, concept] = json.loads(path.read_text())
                     continue
-                if finished_only:
+                if not mine(concept_index * len(methods) + method_index):
                     continue
                 record = run_cell(
                     base,
@@ -315,14 +326,15 @@ def run_bench(
                     f"{method} {concept}: UA {record['ua']:.1f} IRA {record['ira']:.1f} CRA {record['cra']:.1f} "
                     f"({record['seconds']:.0f} s)"
                 )
-            for method in methods if attack_configs else []:
+            for method_index, method in enumerate(methods if attack_configs else []):
                 path = attack_path(out, method, concept)
                 previous = json.loads(path.read_text()) if path.exists() else None
                 stale = stale_attacks(previous, attack_configs)
                 if not stale:
                     audits[method, concept] = previous
                     continue
-                if finished_only:  # not finished under these budgets
+                # not finished under these budgets; another process's, or its cell is not done yet
+                if not mine(concept_index * len(methods) + method_index) or (method, concept) not in records:
                     continue
                 audits[method, concept] = run_audit_cell(
                     base, method, concept, kind, judges, out, attack_configs, seed, previous, stale
@@ -330,12 +342,12 @@ def run_bench(
                 asr = audits[method, concept]["asr"]
                 bar.write(f"{method} {concept} ASR: " + ", ".join(f"{n} {v:.0f}" for n, v in asr.items()))
             cached_oracle = attack_path(out, "oracle", concept).exists()
-            if attack_configs and concept in oracles and (cached_oracle or not finished_only):
+            if attack_configs and concept in oracles and (cached_oracle or mine(concept_index)):
                 oracle_records[concept] = oracle_cell(
                     base, oracles[concept], concept, kind, judges, out, attack_configs, seed, settings
                 )
             grid_path = out / "grids" / f"{slug(concept)}.png"
-            if grids and not finished_only and not grid_path.exists():
+            if grids and mine(concept_index) and not grid_path.exists():
                 from pipelines.delta import erased_copy
 
                 pipes = {"original": base}
@@ -346,6 +358,8 @@ def run_bench(
                     comparison_grid(pipes, concept, kind, judges, seed=seed, settings=settings), grid_path
                 )
             ordered = [records[m, c] for c, _ in concepts for m in methods if (m, c) in records]
+            if count > 1:
+                continue
             write_results(
                 out, ordered, methods, {"model": model, "command": command, "eval": asdict(settings)}
             )
@@ -393,6 +407,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    rank, processes = launched_shard()
     try:
         from erasure.methods import METHODS
 
@@ -454,7 +469,8 @@ def main(argv=None) -> int:
                 oracles.update({c: pipe for c in json.loads(info.read_text())["excluded"]})
         except (PipelineLoadError, FileNotFoundError) as err:
             raise UsageError(str(err)) from None
-        run_bench(
+        bench = functools.partial(
+            run_bench,
             base,
             methods,
             concepts,
@@ -469,9 +485,27 @@ def main(argv=None) -> int:
             command="python -m eval.bench " + shlex.join(a for a in argv if a != "--report-only"),
             attack_configs=attack_configs,
             oracles=oracles,
-            finished_only=args.report_only,
             machine=machine_description(device, args.threads or max(1, min(2, os.cpu_count() or 1))),
         )
+        if processes == 1 or args.report_only:
+            bench(finished_only=args.report_only)
+        else:  # accelerate launch: every process its share, then the first one gathers them all
+            status = {"rank": rank, "status": "done"}
+            try:
+                bench(shard=(rank, processes))
+            except Exception as err:
+                status.update(status="failed", error=" ".join(str(err).split())[:300] or type(err).__name__)
+                raise
+            finally:
+                write_atomic(shard_marker(args.out, rank), json.dumps(status) + "\n")
+            if rank != 0:
+                print(f"process {rank} of {processes}: its cells are in {args.out}")
+                return 0
+            try:
+                wait_for_shards(args.out, processes)
+            except RuntimeError as err:
+                raise UsageError(str(err)) from None
+            bench(finished_only=True)
     except (UsageError, UnknownConceptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -339,9 +339,14 @@ def main(argv=None) -> int:
     from eval.judges.models import load_judges
     from eval.report import format_numbers
     from pipelines.loading import PipelineLoadError, load_pipeline
+    from pipelines.lora import load_lora
 
     parser = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--pipeline", required=True, help="the erased model: a pipeline folder or hub id")
+    parser.add_argument("--pipeline", help="the erased model: a pipeline folder or hub id")
+    parser.add_argument(
+        "--lora",
+        help="or: the erased model is --base with this LoRA (a run's lora/ folder) loaded by diffusers",
+    )
     parser.add_argument(
         "--concept", required=True, help="the world concept it was erased for (name or alias)"
     )
@@ -353,9 +358,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = parser.parse_args(argv)
     try:
-        if not args.pipeline or not args.concept:
+        if bool(args.pipeline) == bool(args.lora) or not args.concept:
             raise ValueError(
-                'name the --pipeline to score and its --concept (for example --concept "van gogh").'
+                'name the --pipeline (or the --lora) to score and its --concept (for example --concept "van gogh").'
             )
         if args.seeds < 1:
             raise ValueError("--seeds must be at least 1.")
@@ -370,7 +375,10 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(2)
-        erased, base = load_pipeline(args.pipeline), load_pipeline(args.base)
+        base = load_pipeline(args.base)
+        erased = (
+            load_pipeline(args.pipeline) if args.pipeline else load_lora(load_pipeline(args.base), args.lora)
+        )
         judges = load_judges()
     except (ValueError, PipelineLoadError, UnknownConceptError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -381,7 +389,7 @@ def main(argv=None) -> int:
         print(
             json.dumps(
                 {
-                    "pipeline": args.pipeline,
+                    "pipeline": args.pipeline or f"{args.base} + LoRA {args.lora}",
                     "base": args.base,
                     "concept": concept,
                     **numbers,
@@ -390,7 +398,9 @@ def main(argv=None) -> int:
             )
         )
     else:
-        print(f"{args.pipeline} against {args.base}, {concept} ({kind}):")
+        print(
+            f"{args.pipeline or args.base + ' + LoRA ' + args.lora} against {args.base}, {concept} ({kind}):"
+        )
         print(format_numbers(numbers, definitions))
     return 0
 

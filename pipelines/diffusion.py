@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def tokenize(pipeline, texts: list[str]):
-    """The pipeline's tokenizer on `texts`, padded to its full length as SD's text encoder expects."""
-    return pipeline.tokenizer(
+def tokenize(pipeline, texts: list[str], tokenizer=None):
+    """The pipeline's tokenizer (or `tokenizer`, e.g. SDXL's second) on `texts`, padded to its full length as SD's
+    text encoders expect."""
+    tokenizer = tokenizer or pipeline.tokenizer
+    return tokenizer(
         texts,
         padding="max_length",
-        max_length=pipeline.tokenizer.model_max_length,
+        max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     )

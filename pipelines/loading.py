@@ -7,11 +7,12 @@
 Every user error (unknown folder, folder that is not a pipeline, a hub id that cannot be had offline) raises
 PipelineLoadError whose message is one sentence, so that a CLI can print it and exit 2 without a traceback.
 
-We load with `StableDiffusionPipeline`, not `DiffusionPipeline`: every erasure method and every evaluation step
-works on exactly SD 1.x/2.x's parts (one CLIP text encoder and tokenizer, a UNet2DConditionModel with `attn2`
-cross-attention, an AutoencoderKL) and calls its `encode_prompt`; `DiffusionPipeline` would happily return SDXL,
-Flux or anything else and fail later, far from the cause. A folder whose model_index.json names another pipeline
-class is refused up front, and the loaded pipeline is checked for unet, text_encoder, tokenizer and vae.
+We load with the class that model_index.json names, and only `StableDiffusionPipeline` (SD 1.x/2.x, canvas-sd) or
+`StableDiffusionXLPipeline` (SDXL), not whatever `DiffusionPipeline` returns: every erasure method works on their
+parts (CLIP text encoders and tokenizers, a UNet2DConditionModel with `attn2` cross-attention, an AutoencoderKL;
+pipelines/conditioning.py encodes prompts for both), and an SD3 or FLUX model would otherwise fail later, far from
+the cause. A folder (or hub id) of another pipeline class is refused up front, before any weights load, and the
+loaded pipeline is checked for the components of its class.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from erasure.files import ASSETS
 
 if TYPE_CHECKING:
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 
 # Short names for the models this repository ships (and trains).
@@ -41,9 +42,19 @@ TRAIN_COMMANDS: dict[str, str] = {
     "canvas-sd": "python -m erasure.train.sd",
 }
 
-# Pipeline classes whose folders StableDiffusionPipeline loads as they are (same components).
-_COMPATIBLE_CLASSES = {"StableDiffusionPipeline"}
-_REQUIRED_COMPONENTS = ("unet", "text_encoder", "tokenizer", "vae")
+# The pipeline classes this package erases from, with the components each must have.
+SUPPORTED_CLASSES = {
+    "StableDiffusionPipeline": ("unet", "text_encoder", "tokenizer", "vae"),
+    "StableDiffusionXLPipeline": (
+        "unet",
+        "text_encoder",
+        "text_encoder_2",
+        "tokenizer",
+        "tokenizer_2",
+        "vae",
+    ),
+}
+_SUPPORTED = "StableDiffusionPipeline (SD 1.x/2.x, canvas-sd) and StableDiffusionXLPipeline (SDXL) models"
 # "org/name" as the Hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -128,8 +139,19 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _check_folder(folder: Path) -> None:
-    """Refuse, in one sentence, a folder that is not a StableDiffusionPipeline folder."""
+def _class_name(index: Path, where: str) -> str:
+    """The pipeline class that `index` (a model_index.json) names; refuses, in one sentence, an unsupported one."""
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError) as err:
+        raise PipelineLoadError(f"cannot read {index}: {_reason(err)}") from err
+    if class_name not in SUPPORTED_CLASSES:
+        raise PipelineLoadError(f"{where} holds a {class_name}, but only {_SUPPORTED} are supported")
+    return class_name
+
+
+def _check_folder(folder: Path) -> str:
+    """The pipeline class of `folder`; refuses, in one sentence, a folder that is not a supported pipeline's."""
     if not folder.is_dir():
         raise PipelineLoadError(f"{folder} is a file, not a diffusers pipeline folder")
     index = folder / "model_index.json"
@@ -138,15 +160,7 @@ def _check_folder(folder: Path) -> None:
             f"folder {folder} is not a diffusers pipeline (it has no model_index.json; save one with "
             "pipe.save_pretrained(folder))"
         )
-    try:
-        class_name = json.loads(index.read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError) as err:
-        raise PipelineLoadError(f"cannot read {index}: {_reason(err)}") from err
-    if class_name not in _COMPATIBLE_CLASSES:
-        raise PipelineLoadError(
-            f"folder {folder} holds a {class_name}, but only StableDiffusionPipeline models (SD 1.x/2.x, canvas-sd) "
-            "are supported"
-        )
+    return _class_name(index, f"folder {folder}")
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> str:
@@ -209,51 +223,74 @@ def load_pipeline(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
     torch_dtype: torch.dtype | None = None,
-) -> StableDiffusionPipeline:
-    """A StableDiffusionPipeline from a REGISTRY name, a local pipeline folder or a hub id, on `device`.
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A StableDiffusionPipeline or StableDiffusionXLPipeline (the class its model_index.json names) from a
+    REGISTRY name, a local pipeline folder or a hub id, on `device`.
 
     No safety checker, progress bars disabled. A hub id is looked up in the local Hugging Face cache first and
-    downloaded only when that fails and the Hub is not switched off (HF_HUB_OFFLINE). User errors raise
-    PipelineLoadError with a one-sentence message.
+    downloaded only when that fails and the Hub is not switched off (HF_HUB_OFFLINE); its model_index.json is read
+    first, so an unsupported model is refused before its weights download. User errors raise PipelineLoadError
+    with a one-sentence message.
     """
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     source = resolve_model(name_or_path)
+    is_local = Path(source).is_dir()
+    errors = _hub_errors()
+    fetch = f"hf download {source} --local-dir <folder>"
+
+    def from_hub(load):
+        """`load(local_files_only)`: the local cache first, then the Hub when it may be used."""
+        try:
+            return load(True)
+        except errors as cached_err:
+            if _offline():
+                raise PipelineLoadError(
+                    f"model {source!r} is not in the local Hugging Face cache and the Hub is offline here; "
+                    f"download it where the Hub is reachable ({fetch}) and pass that local folder instead"
+                ) from cached_err
+            try:
+                return load(False)
+            except errors as err:
+                raise PipelineLoadError(
+                    f"model {source!r} is not in the local Hugging Face cache and cannot be fetched "
+                    f"({_hub_failure(err)}); download it where the Hub is reachable ({fetch}) and pass that "
+                    "local folder instead"
+                ) from err
+
+    if is_local:
+        class_name = _check_folder(Path(source))
+    else:
+        index = from_hub(
+            lambda local: diffusers.DiffusionPipeline.load_config(source, local_files_only=local)
+        )
+        class_name = index.get("_class_name")
+        if class_name not in SUPPORTED_CLASSES:
+            raise PipelineLoadError(
+                f"model {source!r} is a {class_name}, but only {_SUPPORTED} are supported"
+            )
+    pipeline_class = getattr(diffusers, class_name)
     kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    if class_name == "StableDiffusionXLPipeline":
+        kwargs = {"add_watermarker": False}
     if torch_dtype is not None:
         # diffusers renamed `torch_dtype` to `dtype` (the old name warns); older releases know only `torch_dtype`.
         from diffusers import utils as diffusers_utils
 
         kwargs["dtype" if hasattr(diffusers_utils, "_resolve_dtype") else "torch_dtype"] = torch_dtype
-    is_local = Path(source).is_dir()
-    errors = _hub_errors()
 
     with _quiet_loading(quiet_logs=not is_local):
         if is_local:
             try:
-                pipe = StableDiffusionPipeline.from_pretrained(source, local_files_only=True, **kwargs)
+                pipe = pipeline_class.from_pretrained(source, local_files_only=True, **kwargs)
             except errors as err:
                 raise PipelineLoadError(f"cannot load the pipeline in {source}: {_reason(err)}") from err
         else:
-            try:
-                pipe = StableDiffusionPipeline.from_pretrained(source, local_files_only=True, **kwargs)
-            except errors as cached_err:
-                fetch = f"hf download {source} --local-dir <folder>"
-                if _offline():
-                    raise PipelineLoadError(
-                        f"model {source!r} is not in the local Hugging Face cache and the Hub is offline here; "
-                        f"download it where the Hub is reachable ({fetch}) and pass that local folder instead"
-                    ) from cached_err
-                try:
-                    pipe = StableDiffusionPipeline.from_pretrained(source, **kwargs)
-                except errors as err:
-                    raise PipelineLoadError(
-                        f"model {source!r} is not in the local Hugging Face cache and cannot be fetched "
-                        f"({_hub_failure(err)}); download it where the Hub is reachable ({fetch}) and pass that "
-                        "local folder instead"
-                    ) from err
+            pipe = from_hub(
+                lambda local: pipeline_class.from_pretrained(source, local_files_only=local, **kwargs)
+            )
 
-    missing = [c for c in _REQUIRED_COMPONENTS if getattr(pipe, c, None) is None]
+    missing = [c for c in SUPPORTED_CLASSES[class_name] if getattr(pipe, c, None) is None]
     if missing:
         raise PipelineLoadError(f"the pipeline from {source} lacks {', '.join(missing)}")
     pipe.set_progress_bar_config(disable=True)
@@ -266,6 +303,23 @@ def _canvas_vocab() -> dict[str, int]:
     from erasure.canvas.world import all_captions
 
     return learn_bpe(all_captions())[0]
+
+
+def is_canvas_folder(name_or_path) -> bool:
+    """True for canvas-sd by name or a pipeline folder whose tokenizer is exactly the Canvas world's (a copy of
+    canvas-sd, an erasure of it, a model trained on the world): read from tokenizer/ alone, before any loading."""
+    if str(name_or_path) == "canvas-sd":
+        return True
+    folder = Path(name_or_path).expanduser() / "tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        return False
+    from transformers import AutoTokenizer
+
+    try:
+        vocab = AutoTokenizer.from_pretrained(folder, local_files_only=True).get_vocab()
+    except (OSError, ValueError):
+        return False
+    return vocab == _canvas_vocab()
 
 
 def is_canvas(pipeline) -> bool:

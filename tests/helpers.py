@@ -7,10 +7,10 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from erasure.canvas.sd_config import build_unet, build_vae, inference_scheduler
+from erasure.canvas.sd_config import build_unet, build_vae, inference_scheduler, unet_config
 from erasure.canvas.tokenizer import build_tokenizer
 from erasure.canvas.world import STYLES
 from erasure.engine import TrainingRun
@@ -76,6 +76,49 @@ def build_tiny_pipeline(tmp_dir, seed: int = 0) -> StableDiffusionPipeline:
     return pipeline_of(
         build_vae(scale=0.25), text_encoder, tokenizer, build_unet(cross_attention_dim=32, scale=0.25)
     )
+
+
+def build_tiny_sd2_pipeline(tmp_dir, seed: int = 0) -> StableDiffusionPipeline:
+    """The tiny pipeline as SD 2.x is built: v-prediction, linear projections in the transformer blocks."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(tmp_dir)
+    text_encoder = world_text_encoder(tokenizer, 32, 64, 2, 2)
+    unet = UNet2DConditionModel(**{**unet_config(32, scale=0.25), "use_linear_projection": True})
+    scheduler = DDIMScheduler.from_config(inference_scheduler().config, prediction_type="v_prediction")
+    return pipeline_of(build_vae(scale=0.25), text_encoder, tokenizer, unet, scheduler)
+
+
+def build_tiny_sdxl_pipeline(tmp_dir, seed: int = 0) -> StableDiffusionXLPipeline:
+    """A tiny SDXL: two text encoders (the second with a projection, whose pooled output and the size/crop time
+    ids enter the UNet's added 'text_time' embedding), cross-attention over both encoders' states side by side."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(tmp_dir)
+    first = world_text_encoder(tokenizer, 32, 64, 2, 2)
+    second = CLIPTextModelWithProjection(
+        CLIPTextConfig(**{**first.config.to_dict(), "hidden_size": 48, "projection_dim": 24})
+    )
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        **{
+            **unet_config(32 + 48, scale=0.25),
+            "use_linear_projection": True,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": time_dim,
+            "projection_class_embeddings_input_dim": 6 * time_dim + 24,
+        }
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=build_vae(scale=0.25),
+        text_encoder=first,
+        text_encoder_2=second,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=inference_scheduler(),
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def fresh(folder) -> StableDiffusionPipeline:

@@ -134,9 +134,12 @@ def _accelerator(mixed_precision: str) -> Accelerator:
 
 
 def changed_tensors(base, edited) -> dict[str, torch.Tensor]:
-    """Every UNet / text-encoder tensor of `edited` that is not bitwise equal to `base`'s, on CPU."""
+    """Every UNet / text-encoder tensor (SDXL's second encoder too) of `edited` that is not bitwise equal to
+    `base`'s, on CPU."""
     delta = {}
-    for component in ("unet", "text_encoder"):
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        if getattr(base, component, None) is None:
+            continue
         old, new = getattr(base, component).state_dict(), getattr(edited, component).state_dict()
         for name, value in new.items():
             if not torch.equal(value, old[name].to(value.device)):

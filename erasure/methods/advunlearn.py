@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from erasure.methods.base import encode_prompts
 from erasure.methods.config import MethodConfig, option
 from erasure.methods.esd import esd_target, partial_generation
+from pipelines.conditioning import encode_prompts, is_sdxl
 from pipelines.diffusion import tokenize
 from pipelines.slots import SLOT, encode_with_slots, slot_ids
 
@@ -131,6 +131,8 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
     """Train AdvUnlearn on `pipeline` for `request`; returns a new pipeline sharing every component but the text
     encoder."""
     accelerator, device, gen = session.accelerator, session.device, session.generator
+    if is_sdxl(pipeline):
+        raise ValueError("AdvUnlearn trains the one text encoder of SD 1.x/2.x; it does not run on SDXL.")
 
     # 1. Models: the UNet and the original text encoder frozen; a copy of the text encoder trains.
     for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
@@ -184,7 +186,7 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
         attacking = step >= config.warmup
         if attacking and (step - config.warmup) % config.attack_every == 0:
             with torch.no_grad():
-                goal = unet(x_t, t, encoder_hidden_states=cond).sample.float()
+                goal = unet(x_t, t, encoder_hidden_states=cond.hidden).sample.float()
             vectors = prefix.clone().requires_grad_(True)
             attack_optimizer = torch.optim.Adam([vectors], lr=config.attack_lr)
             encoder.requires_grad_(False)
@@ -213,7 +215,7 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
         with accelerator.autocast():
             x_r, t_r = partial_generation(unet, sampler, kept, uncond, config.sample_guidance, gen)
             with torch.no_grad():
-                goal_r = unet(x_r, t_r, encoder_hidden_states=kept).sample.float()
+                goal_r = unet(x_r, t_r, encoder_hidden_states=kept.hidden).sample.float()
             hidden_r = states(retain_ids, r)
             retain_loss = F.mse_loss(unet(x_r, t_r, encoder_hidden_states=hidden_r).sample.float(), goal_r)
         optimizer.zero_grad(set_to_none=True)

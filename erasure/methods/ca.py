@@ -25,11 +25,11 @@ from diffusers import DDPMScheduler
 from erasure.methods.base import (
     AnchorData,
     cross_attention_kv,
-    encode_prompts,
     frozen_teacher_and_student,
     pipeline_with_unet,
 )
 from erasure.methods.config import AnchorImagesConfig, option
+from pipelines.conditioning import encode_prompts, noise_prediction
 from pipelines.diffusion import diffusion_target
 
 
@@ -110,15 +110,15 @@ def run(pipeline, request, config: CAConfig, session):
     for step in range(session.start_step(), config.steps):
         _, _, t, x_t, k = sample_batch()
         with torch.no_grad(), accelerator.autocast():
-            eps_anchor = anchor_model(x_t, t, encoder_hidden_states=anchor_emb[k]).sample.float()
+            eps_anchor = noise_prediction(anchor_model, x_t, t, anchor_emb[k])
         with accelerator.autocast():
-            eps_target = unet(x_t, t, encoder_hidden_states=target_emb[k]).sample.float()
+            eps_target = noise_prediction(unet, x_t, t, target_emb[k])
         ablation_loss = F.mse_loss(eps_target, eps_anchor)
         loss, losses = ablation_loss, {"ablation": ablation_loss.item()}
         if config.prior_preservation:
             x0_p, noise_p, t_p, x_p, k_p = sample_batch()
             with accelerator.autocast():
-                pred_p = unet(x_p, t_p, encoder_hidden_states=anchor_emb[k_p]).sample.float()
+                pred_p = noise_prediction(unet, x_p, t_p, anchor_emb[k_p])
             prior_loss = F.mse_loss(pred_p, diffusion_target(scheduler, x0_p, noise_p, t_p))
             loss = loss + config.prior_weight * prior_loss
             losses["prior"] = prior_loss.item()

@@ -56,13 +56,13 @@ from erasure.methods.base import (
     AnchorData,
     TrainableSet,
     cross_attention_kv,
-    encode_prompts,
     frozen_teacher_and_student,
     pipeline_with_unet,
     predicted_x0,
     unet_parameters,
 )
 from erasure.methods.config import AnchorImagesConfig, option
+from pipelines.conditioning import encode_prompts, is_sdxl, noise_prediction
 from pipelines.diffusion import diffusion_target
 
 SurgeryRule = Literal["normalized", "pcgrad", "none"]
@@ -99,6 +99,9 @@ class DoCoConfig(AnchorImagesConfig):
     )
     adversarial: bool = option(
         True, "False: noise matching to the teacher instead of the discriminator (ablation)"
+    )
+    discriminator_per_concept: bool = option(
+        False, "one discriminator head per erased concept on a shared trunk (not in the paper; k > 1 only)"
     )
     num_anchor_images: int = option(1000, "anchor images generated once by the frozen pipeline")
     retain_distill: float = option(
@@ -217,9 +220,14 @@ class PatchDiscriminator(nn.Module):
     """PatchGAN on latents: conv 64-128-256-512 (BatchNorm after the first, LeakyReLU 0.2), then a conv to one
     logit per patch. The first blocks halve the resolution (kernel 4, stride 2), as many as keep the output patch
     map at least 2x2 (four on SD's 64x64 latents, as the official code; two on canvas-sd's 16x16); the others
-    keep it (kernel 3, stride 1)."""
+    keep it (kernel 3, stride 1).
 
-    def __init__(self, in_channels: int = 4, latent_size: int = 64, widths=(64, 128, 256, 512)):
+    With `heads` > 1 the last conv gives one logit map per head and `forward(x, head)` returns sample i's map from
+    head `head[i]`: one decision per erased concept on a shared trunk (one head is the paper's discriminator)."""
+
+    def __init__(
+        self, in_channels: int = 4, latent_size: int = 64, widths=(64, 128, 256, 512), heads: int = 1
+    ):
         super().__init__()
         n_down = max(0, min(len(widths), math.floor(math.log2(latent_size / 3))))
         layers, c = [], in_channels
@@ -229,11 +237,14 @@ class PatchDiscriminator(nn.Module):
                 layers.append(nn.BatchNorm2d(w))
             layers.append(nn.LeakyReLU(0.2))
             c = w
-        layers.append(nn.Conv2d(c, 1, 4, 1, 1))
+        layers.append(nn.Conv2d(c, heads, 4, 1, 1))
         self.model = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.model(x)
+        if head is None:
+            return logits
+        return logits.gather(1, head.view(-1, 1, 1, 1).expand(-1, 1, *logits.shape[-2:]))
 
 
 class RetainSpring:
@@ -295,13 +306,17 @@ def run(pipeline, request, config: DoCoConfig, session):
     spring = None
     kv = {n: p for n, p in cross_attention_kv(teacher).items() if n in params}  # what the spring can hold
     if config.retain_weight > 0 and request.retain_prompts and kv:
-        spring = RetainSpring(kv, encode_prompts(pipeline, request.retain_prompts, device))
+        spring = RetainSpring(kv, encode_prompts(pipeline, request.retain_prompts, device).hidden)
     retain = None
     if config.retain_distill > 0 and request.retain_prompts:
         retain = AnchorData(pipeline, request, config, session, scheduler, config.num_retain_images)
         retain_emb = encode_prompts(pipeline, request.retain_prompts, device)
     adversaries = None
     if config.robust:
+        if is_sdxl(pipeline):
+            raise ValueError(
+                "robust DoCo's inner attack edits one text encoder's tokens: it runs on SD 1.x/2.x."
+            )
         adversaries = AdversarialPrompts(
             pipeline, request, config.robust_attacks, config.robust_tokens, device, session.generator
         )
@@ -310,9 +325,13 @@ def run(pipeline, request, config: DoCoConfig, session):
     # and separate real/fake discriminator batches, so gradients are averaged across processes explicitly.
     with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves the global RNG alone
         torch.manual_seed(session.seed)
-        disc = (
-            PatchDiscriminator(anchors.latents.shape[1], min(anchors.latents.shape[-2:])).to(device).train()
-        )
+        heads = len(request.concepts) if config.discriminator_per_concept else 1
+        disc = PatchDiscriminator(anchors.latents.shape[1], min(anchors.latents.shape[-2:]), heads=heads)
+        disc = disc.to(device).train()
+    # The head that judges each prompt pair: its concept's (every pair the one head's when there is one).
+    pair_head = torch.tensor(
+        [request.concepts.index(c) if heads > 1 else 0 for c in request.pair_concepts], device=device
+    )
     lr = config.learning_rate * (config.batch_size * accelerator.num_processes if config.scale_lr else 1)
     optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=config.weight_decay)
     optimizer_d = torch.optim.Adam(disc.parameters(), lr=config.d_learning_rate, betas=config.d_betas)
@@ -346,7 +365,7 @@ def run(pipeline, request, config: DoCoConfig, session):
                 unet,
                 teacher,
                 anchors,
-                target_emb,
+                target_emb.hidden,
                 config.robust_prompts,
                 config.robust_iterations,
                 config.robust_lr,
@@ -355,26 +374,29 @@ def run(pipeline, request, config: DoCoConfig, session):
         _, _, t, x_t, k = sample_batch()
         emb_target = target_emb[k]
         if adversaries is not None and update_unet:
-            emb_target = adversaries.mix(target_emb, k, config.robust_share, session.generator)
+            mixed = adversaries.mix(target_emb.hidden, k, config.robust_share, session.generator)
+            emb_target = emb_target.with_hidden(mixed)
         with torch.no_grad(), accelerator.autocast():
-            eps_anchor = teacher(x_t, t, encoder_hidden_states=anchor_emb[k]).sample.float()
+            eps_anchor = noise_prediction(teacher, x_t, t, anchor_emb[k])
         x0_anchor = predicted_x0(scheduler, eps_anchor, t, x_t)
 
         if update_unet:
             # Prior preservation: the standard diffusion loss on other anchor latents with their anchor prompts.
             x0_p, noise_p, t_p, x_p, k_p = sample_batch()
             with accelerator.autocast():
-                pred_p = unet(x_p, t_p, encoder_hidden_states=anchor_emb[k_p]).sample.float()
+                pred_p = noise_prediction(unet, x_p, t_p, anchor_emb[k_p])
             prior_loss = F.mse_loss(pred_p, diffusion_target(scheduler, x0_p, noise_p, t_p))
             g_b = gradients(prior_loss)
 
         with torch.set_grad_enabled(update_unet), accelerator.autocast():
-            eps_target = unet(x_t, t, encoder_hidden_states=emb_target).sample.float()
+            eps_target = noise_prediction(unet, x_t, t, emb_target)
         x0_target = predicted_x0(scheduler, eps_target, t, x_t)
 
         if update_unet:
             if config.adversarial:
-                erase_loss = bce(disc(x0_target), 0.0)  # the target's outputs should look like the anchor's
+                erase_loss = bce(
+                    disc(x0_target, pair_head[k]), 0.0
+                )  # the target's outputs should look like the anchor's
             else:
                 erase_loss = F.mse_loss(eps_target, eps_anchor)
             g_a = gradients(erase_loss)
@@ -393,9 +415,9 @@ def run(pipeline, request, config: DoCoConfig, session):
             if retain is not None:
                 _, _, t_r, x_r, k_r = retain.batch(config.batch_size, config.hflip)
                 with torch.no_grad(), accelerator.autocast():
-                    eps_kept = teacher(x_r, t_r, encoder_hidden_states=retain_emb[k_r]).sample.float()
+                    eps_kept = noise_prediction(teacher, x_r, t_r, retain_emb[k_r])
                 with accelerator.autocast():
-                    eps_r = unet(x_r, t_r, encoder_hidden_states=retain_emb[k_r]).sample.float()
+                    eps_r = noise_prediction(unet, x_r, t_r, retain_emb[k_r])
                 distill_loss = F.mse_loss(eps_r, eps_kept)
                 g_r = _clip(gradients(distill_loss), config.max_grad_norm)
                 update = [u + config.retain_distill * r for u, r in zip(update, g_r)]
@@ -408,7 +430,8 @@ def run(pipeline, request, config: DoCoConfig, session):
 
         if config.adversarial:
             # Discriminator: anchor x0 -> 0 (real), target x0 -> 1.
-            d_loss = bce(disc(x0_anchor), 0.0) + bce(disc(x0_target.detach()), 1.0)
+            head = pair_head[k]
+            d_loss = bce(disc(x0_anchor, head), 0.0) + bce(disc(x0_target.detach(), head), 1.0)
             optimizer_d.zero_grad(set_to_none=True)
             accelerator.backward(d_loss)
             for p in disc.parameters():

@@ -32,12 +32,12 @@ from diffusers import DDIMScheduler
 
 from erasure.methods.base import (
     TrainableSet,
-    encode_prompts,
     frozen_teacher_and_student,
     pipeline_with_unet,
     unet_parameters,
 )
 from erasure.methods.config import MethodConfig, option
+from pipelines.conditioning import TextConditioning, encode_prompts, noise_prediction
 
 
 @dataclass
@@ -108,14 +108,13 @@ class ESDConfig(MethodConfig):
 def sample_until(unet, scheduler, latents, cond, uncond, stop: int, guidance: float) -> torch.Tensor:
     """Run the first `stop` steps of `scheduler`'s DDIM schedule from `latents` with classifier-free guidance.
 
-    `cond` is (B, L, D), `uncond` (1, L, D); `scheduler.set_timesteps` must have been called. The same update as
+    `cond` has B rows, `uncond` one (TextConditioning); `scheduler.set_timesteps` must have been called. The same update as
     StableDiffusionPipeline's loop (eta 0): after `stop` steps the latent is at timestep `scheduler.timesteps[stop]`.
     """
-    uncond = uncond.expand(len(latents), -1, -1)
-    context = torch.cat([uncond, cond])
+    context = TextConditioning.cat([uncond.expand(len(latents)), cond])
     for t in scheduler.timesteps[:stop]:
         x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        eps_uncond, eps_cond = unet(x_in, t, encoder_hidden_states=context).sample.float().chunk(2)
+        eps_uncond, eps_cond = noise_prediction(unet, x_in, t, context).chunk(2)
         eps = eps_uncond + guidance * (eps_cond - eps_uncond)
         latents = scheduler.step(eps, t, latents).prev_sample
     return latents
@@ -133,7 +132,7 @@ def partial_generation(
     noise = torch.randn(
         (len(cond), unet.config.in_channels, *size), generator=generator, device=generator.device
     )
-    noise = noise.to(cond.device) * sampler.init_noise_sigma
+    noise = noise.to(cond.hidden.device) * sampler.init_noise_sigma
     x_t = sample_until(unet, sampler, noise, cond, uncond, stop, guidance)
     return x_t, sampler.timesteps[stop].expand(len(cond))
 
@@ -141,12 +140,9 @@ def partial_generation(
 @torch.no_grad()
 def esd_target(teacher, x_t, t, cond, uncond, negative_guidance: float) -> torch.Tensor:
     """eps*(x_t, '') - eta * (eps*(x_t, c) - eps*(x_t, '')): the frozen teacher, negatively guided."""
-    uncond = uncond.expand(len(x_t), -1, -1)
     t = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t
-    context = torch.cat([uncond, cond])
-    eps_uncond, eps_cond = (
-        teacher(torch.cat([x_t, x_t]), t, encoder_hidden_states=context).sample.float().chunk(2)
-    )
+    context = TextConditioning.cat([uncond.expand(len(x_t)), cond])
+    eps_uncond, eps_cond = noise_prediction(teacher, torch.cat([x_t, x_t]), t, context).chunk(2)
     return eps_uncond - negative_guidance * (eps_cond - eps_uncond)
 
 
@@ -178,7 +174,7 @@ def run(pipeline, request, config: ESDConfig, session):
         with accelerator.autocast():
             x_t, t = partial_generation(sampling_unet, sampler, cond, uncond_emb, config.sample_guidance, gen)
             target = esd_target(teacher, x_t, t, cond, uncond_emb, config.negative_guidance)
-            pred = unet(x_t, t, encoder_hidden_states=cond).sample.float()
+            pred = noise_prediction(unet, x_t, t, cond)
         loss = F.mse_loss(pred, target)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)

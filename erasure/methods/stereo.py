@@ -33,13 +33,13 @@ from erasure.methods.adversaries import adversarial_template
 from erasure.methods.base import (
     AnchorData,
     TrainableSet,
-    encode_prompts,
     frozen_teacher_and_student,
     pipeline_with_unet,
     unet_parameters,
 )
 from erasure.methods.config import AnchorImagesConfig, option
 from erasure.methods.esd import partial_generation
+from pipelines.conditioning import TextConditioning, encode_prompts, is_sdxl
 from pipelines.diffusion import diffusion_target
 from pipelines.slots import encode_with_slots, slot_ids
 
@@ -145,6 +145,8 @@ def compositional_target(e_uncond, e_negatives, e_anchor, guidance: float) -> to
 def run(pipeline, request, config: STEREOConfig, session):
     """Train STEREO on `pipeline` for `request`; returns a new pipeline sharing every component but the UNet."""
     accelerator, device, gen = session.accelerator, session.device, session.generator
+    if is_sdxl(pipeline):
+        raise ValueError("STEREO inverts tokens of SD 1.x/2.x's one text encoder; it does not run on SDXL.")
     if config.checkpoint_every:
         raise ValueError("STEREO runs its stages in one go: checkpoint_every must be 0.")
     original, unet, params = frozen_teacher_and_student(
@@ -159,10 +161,10 @@ def run(pipeline, request, config: STEREOConfig, session):
     named = request.pair_concepts if config.use_request_prompts else request.concepts
     slotted = [adversarial_template(p, c, "inversion", 1) for p, c in zip(prompts, named)]
     slot_prompt_ids, slot_mask = slot_ids(pipeline.tokenizer, slotted)
-    plain = encode_prompts(pipeline, prompts, device)
-    uncond = encode_prompts(pipeline, [""], device)
+    plain = encode_prompts(pipeline, prompts, device).hidden
+    uncond = encode_prompts(pipeline, [""], device).hidden
     anchors = list(request.retain_prompts) or [""]
-    anchor_emb = encode_prompts(pipeline, anchors, device)
+    anchor_emb = encode_prompts(pipeline, anchors, device).hidden
     table = pipeline.text_encoder.get_input_embeddings().weight.detach().float()
     start = table[pipeline.tokenizer(config.initializer, add_special_tokens=False).input_ids[0]].to(device)
     gallery = AnchorData(
@@ -191,7 +193,14 @@ def run(pipeline, request, config: STEREOConfig, session):
             k = torch.randint(len(prompts), (config.batch_size,), generator=gen, device=gen.device)
             cond = plain[k.to(device)] if not tokens else token_states(tokens[-1], k)
             with accelerator.autocast():
-                x_t, t = partial_generation(unet, sampler, cond, uncond, config.sample_guidance, gen)
+                x_t, t = partial_generation(
+                    unet,
+                    sampler,
+                    TextConditioning(cond),
+                    TextConditioning(uncond),
+                    config.sample_guidance,
+                    gen,
+                )
                 with torch.no_grad():
                     e_cond = teacher(x_t, t, encoder_hidden_states=cond).sample.float()
                     e_uncond = teacher(
@@ -233,7 +242,9 @@ def run(pipeline, request, config: STEREOConfig, session):
         cond = negatives[i % len(erased)]
         a = torch.randint(len(anchors), (config.batch_size,), generator=gen, device=gen.device)
         with accelerator.autocast():
-            x_t, t = partial_generation(unet, sampler, cond, uncond, config.sample_guidance, gen)
+            x_t, t = partial_generation(
+                unet, sampler, TextConditioning(cond), TextConditioning(uncond), config.sample_guidance, gen
+            )
             with torch.no_grad():
                 e_uncond = original(
                     x_t, t, encoder_hidden_states=uncond.expand(len(k), -1, -1)

@@ -34,6 +34,7 @@ import torch
 from erasure.canvas import world
 from erasure.methods.base import frozen_teacher_and_student, pipeline_with_unet
 from erasure.methods.config import MethodConfig, option
+from pipelines.conditioning import encode_prompts
 from pipelines.diffusion import tokenize
 
 TokenRule = Literal["trailing", "last"]
@@ -97,11 +98,9 @@ def uce_weight(
 
 @torch.no_grad()
 def token_embeddings(pipeline, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden states (N, L, D), index of the last word token per text) for padded `texts`."""
-    tokens = tokenize(pipeline, texts)
-    ids = tokens.input_ids.to(device)
-    states = torch.cat([pipeline.text_encoder(ids[i : i + 256])[0] for i in range(0, len(texts), 256)])
-    return states.float(), tokens.attention_mask.sum(1) - 2
+    """(cross-attention states (N, L, D), index of the last word token per text) for padded `texts`."""
+    last = tokenize(pipeline, texts).attention_mask.sum(1) - 2
+    return encode_prompts(pipeline, texts, device).hidden, last
 
 
 def erase_tokens(
@@ -127,7 +126,7 @@ def erase_tokens(
 def preserve_tokens(pipeline, texts: list[str], rule: str, device) -> torch.Tensor:
     """c_p: every token of each padded text ('trailing') or each text's last word token ('last')."""
     if not texts:
-        return torch.zeros(0, pipeline.text_encoder.config.hidden_size, device=device)
+        return torch.zeros(0, pipeline.unet.config.cross_attention_dim, device=device)
     states, last = token_embeddings(pipeline, texts, device)
     if rule == "last":
         return states[torch.arange(len(texts), device=states.device), last.to(states.device)]

@@ -46,9 +46,10 @@ def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path, capsys
 
 
 def test_the_same_run_twice_records_the_same_delta_hash(tiny_pipeline_dir, tmp_path, capsys):
-    """erasure.json's delta_sha256 hashes the tensors, so a reproduction can be confirmed by it."""
+    """erasure.json's delta_sha256 hashes the tensors, so a reproduction can be confirmed by it. The tiny folder
+    has the world's tokenizer, so it is a Canvas model given by its path and the first run is evaluated."""
     hashes = []
-    for name in ("first", "second"):
+    for name, evaluation in (("first", ["--eval-seeds", "1"]), ("second", ["--no-eval"])):
         out = tmp_path / name
         argv = [
             "--concept",
@@ -60,11 +61,15 @@ def test_the_same_run_twice_records_the_same_delta_hash(tiny_pipeline_dir, tmp_p
             "--out",
             str(out),
         ]
-        assert cli.main(argv) == 0
+        assert cli.main(argv + evaluation) == 0
         meta = json.loads((out / "erasure.json").read_text())
         hashes.append(meta["delta_sha256"])
         assert (out / "pipeline" / "model_index.json").exists() and (out / "metrics.json").exists()
     assert hashes[0] == hashes[1]
+    metrics = json.loads((tmp_path / "first" / "metrics.json").read_text())
+    assert {"ua", "ira", "cra", "fd"} <= set(metrics) and (tmp_path / "first" / "report.html").exists()
+    card = (tmp_path / "first" / "README.md").read_text()  # the model card: figures, definitions, loading
+    assert "- `ua` = " in card and "unlearning accuracy" in card.lower() and "load_lora_weights" in card
     assert "erased pipeline written to" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "second"]  # no temporary folder left
 
@@ -103,6 +108,19 @@ def test_an_erasure_on_top_of_another_records_the_chain(tiny_pipeline_dir, tmp_p
     want = all_tensors(fresh(second / "pipeline"))
     got = all_tensors(load_erased(None, second))  # the base recorded there + the merged delta
     assert all(torch.equal(want[n], got[n]) for n in want)
+    # Its LoRA, loaded by plain diffusers on the base, gives the chain's final UNet outputs.
+    from pipelines.lora import load_lora
+
+    assert meta["lora"]["written"] and meta["lora"]["max_relative_error"] <= 0.01
+    with_lora, erased = load_lora(fresh(tiny_pipeline_dir), second / "lora"), fresh(second / "pipeline")
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        want_out, got_out, base_out = (
+            p.unet(x, 500, encoder_hidden_states=text).sample
+            for p in (erased, with_lora, fresh(tiny_pipeline_dir))
+        )
+    assert (got_out - want_out).abs().max() < 0.01 * (want_out - base_out).abs().max()
 
     # Erasing a concept again, or building on a run whose erasure.json is corrupt: one sentence, exit 2.
     capsys.readouterr()

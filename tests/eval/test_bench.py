@@ -196,3 +196,49 @@ def test_report_only_gathers_finished_cells_and_runs_nothing(
     out = tmp_path / "bench"
     assert not (out / "cells" / "doco").exists() and not (out / "attacks" / "doco").exists()
     assert [a["method"] for a in json.loads((out / "robustness.json").read_text())["audits"]] == ["uce"]
+
+
+def test_launched_processes_share_the_cells_and_the_first_gathers(
+    tiny_pipeline, random_judges, tmp_path, monkeypatch
+):
+    """`accelerate launch`: each process its own GPU and every n-th cell, no tables; then one gathering run."""
+    from eval.launch import launched_shard, shard_marker, wait_for_shards
+
+    env = {
+        "WORLD_SIZE": "2",
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "MASTER_PORT": "29500",
+        "CUDA_VISIBLE_DEVICES": "4,5",
+    }
+    assert launched_shard(env) == (1, 2) and env == {"CUDA_VISIBLE_DEVICES": "5"}
+    assert launched_shard({}) == (0, 1)
+
+    small = world_items(styles=["plain", "van gogh", "monet"], objects=["cat", "fish"])
+    monkeypatch.setattr(eval.evaluate, "world_items", lambda: small)
+    monkeypatch.setattr(eval.evaluate, "REAL_SEEDS", 1)
+    kwargs = {
+        "methods": ["uce"],
+        "concepts": [("van gogh", "style"), ("monet", "style")],
+        "judges": random_judges,
+        "out": tmp_path / "bench",
+        "settings": EvalSettings(seeds=(0,), num_inference_steps=2, batch_size=16),
+        "model": "tiny",
+        "grids": False,
+        "progress": False,
+    }
+    out = tmp_path / "bench"
+    second = bench.run_bench(tiny_pipeline, **kwargs, shard=(1, 2))
+    assert [r["concept"] for r in second] == ["monet"] and not (out / "results.json").exists()
+    first = bench.run_bench(tiny_pipeline, **kwargs, shard=(0, 2))
+    assert [r["concept"] for r in first] == ["van gogh", "monet"]  # its own cell, and the other's found done
+    gathered = bench.run_bench(tiny_pipeline, **kwargs, finished_only=True)
+    assert len(json.loads((out / "results.json").read_text())["records"]) == 2 == len(gathered)
+
+    shard_marker(out, 0).parent.mkdir(parents=True, exist_ok=True)
+    shard_marker(out, 0).write_text(json.dumps({"rank": 0, "status": "done"}))
+    shard_marker(out, 1).write_text(json.dumps({"rank": 1, "status": "failed", "error": "out of memory"}))
+    with pytest.raises(RuntimeError, match="process 1 failed: out of memory"):
+        wait_for_shards(out, 2, poll_seconds=0)
+    shard_marker(out, 1).write_text(json.dumps({"rank": 1, "status": "done"}))
+    wait_for_shards(out, 2, poll_seconds=0)  # returns once both are done

@@ -9,9 +9,10 @@ import torch
 
 from erasure.engine import erase
 from erasure.methods.advunlearn import AdvUnlearnConfig, text_encoder_parameters
-from erasure.methods.base import encode_prompts, forward_equivalents
+from erasure.methods.base import forward_equivalents
 from erasure.methods.doco import DoCoConfig
 from erasure.methods.esd import esd_target
+from pipelines.conditioning import encode_prompts
 from pipelines.delta import load_erased, save_delta
 from tests.helpers import all_tensors, fresh, interrupted_after_checkpoint
 
@@ -91,15 +92,15 @@ def test_it_pulls_the_concept_towards_esds_target_and_loads_from_its_delta(
     cond, uncond = encode_prompts(original, prompts, "cpu"), encode_prompts(original, [""], "cpu")
     target = esd_target(original.unet, x_t, t, cond, uncond, 1.0)
     with torch.no_grad():
-        before = original.unet(x_t, t, encoder_hidden_states=cond).sample
+        before = original.unet(x_t, t, encoder_hidden_states=cond.hidden).sample
         after = original.unet(
-            x_t, t, encoder_hidden_states=encode_prompts(result.pipeline, prompts, "cpu")
+            x_t, t, encoder_hidden_states=encode_prompts(result.pipeline, prompts, "cpu").hidden
         ).sample
     assert float(((after - target) ** 2).mean()) < 0.9 * float(((before - target) ** 2).mean())
     save_delta(result, tmp_path / "run")
     loaded = load_erased(str(tiny_pipeline_dir), tmp_path / "run")
     torch.testing.assert_close(
-        encode_prompts(loaded, prompts, "cpu"), encode_prompts(result.pipeline, prompts, "cpu")
+        encode_prompts(loaded, prompts, "cpu").hidden, encode_prompts(result.pipeline, prompts, "cpu").hidden
     )
 
 

@@ -9,10 +9,11 @@ from diffusers import DDPMScheduler
 
 from erasure.engine import erase
 from erasure.methods import METHODS
-from erasure.methods.base import cross_attention_kv, encode_prompts, select_pairs
+from erasure.methods.base import cross_attention_kv, select_pairs
 from erasure.methods.ca import CAConfig
 from erasure.methods.doco import DoCoConfig
 from erasure.methods.request import build_request
+from pipelines.conditioning import encode_prompts
 from tests.helpers import all_tensors, fresh
 
 TINY = {
@@ -49,8 +50,8 @@ def test_ablation_loss_decreases(tiny_pipeline, tiny_pipeline_dir):
     anchors = torch.randn(8, 4, 16, 16, generator=g)
     request = build_request(tiny_pipeline, "van gogh")
     pairs = torch.tensor(select_pairs(request, len(anchors), 0))
-    target_emb = encode_prompts(tiny_pipeline, request.target_prompts, "cpu")[pairs]
-    anchor_emb = encode_prompts(tiny_pipeline, request.anchor_prompts, "cpu")[pairs]
+    target_emb = encode_prompts(tiny_pipeline, request.target_prompts, "cpu").hidden[pairs]
+    anchor_emb = encode_prompts(tiny_pipeline, request.anchor_prompts, "cpu").hidden[pairs]
     scheduler = DDPMScheduler.from_config(tiny_pipeline.scheduler.config)
     t = torch.randint(0, 1000, (len(anchors),), generator=g)
     x_t = scheduler.add_noise(anchors, torch.randn(anchors.shape, generator=g), t)

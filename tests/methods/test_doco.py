@@ -9,9 +9,10 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from erasure.canvas import world
 from erasure.canvas.sd_config import SD_SCHEDULE
 from erasure.engine import erase
-from erasure.methods.base import cross_attention_kv, encode_prompts, predicted_x0
+from erasure.methods.base import cross_attention_kv, predicted_x0
 from erasure.methods.doco import DoCoConfig, PatchDiscriminator, RetainSpring
 from erasure.methods.request import build_request
+from pipelines.conditioning import encode_prompts
 from tests.helpers import TINY_DOCO, all_tensors, fresh, pipeline_of, world_text_encoder
 
 # --- predicted x0 ----------------------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def test_retain_spring_matches_autograd():
 def test_retain_spring_keeps_other_prompts_keys(tiny_pipeline):
     """With the spring, the K/V of the other concepts' prompts move less than without it (same seed)."""
     request = build_request(tiny_pipeline, "van gogh")
-    tokens = encode_prompts(tiny_pipeline, request.retain_prompts, "cpu").reshape(-1, 32)
+    tokens = encode_prompts(tiny_pipeline, request.retain_prompts, "cpu").hidden.reshape(-1, 32)
     drift = {}
     for weight in (0.0, 100.0):
         config = DoCoConfig(**{**TINY_DOCO, "learning_rate": 1e-2, "retain_weight": weight})

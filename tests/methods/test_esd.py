@@ -8,9 +8,10 @@ from diffusers import DDIMScheduler
 
 from erasure.engine import erase
 from erasure.methods import esd
-from erasure.methods.base import encode_prompts, forward_equivalents, unet_parameters
+from erasure.methods.base import forward_equivalents, unet_parameters
 from erasure.methods.doco import DoCoConfig
 from erasure.methods.esd import ESDConfig, esd_target, sample_until
+from pipelines.conditioning import encode_prompts
 from tests.helpers import all_tensors, fresh, interrupted_after_checkpoint
 
 TINY = {"steps": 3, "batch_size": 2, "ddim_steps": 4, "learning_rate": 1e-3, "use_request_prompts": True}
@@ -83,8 +84,8 @@ def test_target_is_the_papers_formula(tiny_pipeline):
     )
     uncond = encode_prompts(tiny_pipeline, [""], "cpu")
     with torch.no_grad():
-        e_uncond = unet(x_t, t, encoder_hidden_states=uncond.expand(3, -1, -1)).sample
-        e_cond = unet(x_t, t, encoder_hidden_states=cond).sample
+        e_uncond = unet(x_t, t, encoder_hidden_states=uncond.hidden.expand(3, -1, -1)).sample
+        e_cond = unet(x_t, t, encoder_hidden_states=cond.hidden).sample
     for eta in (1.0, 2.0):
         by_hand = e_uncond - eta * (e_cond - e_uncond)
         torch.testing.assert_close(esd_target(unet, x_t, t, cond, uncond, eta), by_hand, rtol=1e-4, atol=1e-5)
@@ -96,7 +97,7 @@ def test_training_uses_the_frozen_teachers_target(tiny_pipeline, tiny_pipeline_d
 
     def recording(teacher, x_t, t, cond, uncond, eta):
         out = esd_target(teacher, x_t, t, cond, uncond, eta)
-        calls.append((x_t.clone(), t.clone(), cond.clone(), uncond.clone(), eta, out.clone()))
+        calls.append((x_t.clone(), t.clone(), cond.hidden.clone(), uncond.hidden.clone(), eta, out.clone()))
         return out
 
     monkeypatch.setattr(esd, "esd_target", recording)
@@ -123,8 +124,8 @@ def test_partial_sampler_runs_the_pipelines_ddim_loop(tiny_pipeline):
     sampler.set_timesteps(4)
     ours = sample_until(tiny_pipeline.unet, sampler, noise, cond, uncond, 4, 3.0)
     theirs = tiny_pipeline(
-        prompt_embeds=cond,
-        negative_prompt_embeds=uncond.expand(2, -1, -1),
+        prompt_embeds=cond.hidden,
+        negative_prompt_embeds=uncond.hidden.expand(2, -1, -1),
         latents=noise.clone(),
         num_inference_steps=4,
         guidance_scale=3.0,

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from erasure.engine import erase
-from erasure.methods.base import encode_prompts, seeded_cycle
+from erasure.methods.base import seeded_cycle
 from erasure.methods.request import build_request
+from pipelines.conditioning import encode_prompts
 from tests.helpers import TINY_DOCO, fresh
 
 # Enough steps on the tiny pipeline for a noise-matching loss to move (the CA test's budget). DoCo runs its
@@ -41,7 +42,10 @@ def fixed_batch(pipeline):
 
 def gap(pipeline, unet, teacher, targets, anchors, x_t, t) -> float:
     """|eps(x_t, target prompts) - eps_frozen(x_t, anchor prompts)|^2 over the batch, prompt i for sample i."""
-    target, anchor = encode_prompts(pipeline, targets, "cpu"), encode_prompts(pipeline, anchors, "cpu")
+    target, anchor = (
+        encode_prompts(pipeline, targets, "cpu").hidden,
+        encode_prompts(pipeline, anchors, "cpu").hidden,
+    )
     with torch.no_grad():
         wanted = teacher(x_t, t, encoder_hidden_states=anchor).sample
         return F.mse_loss(unet(x_t, t, encoder_hidden_states=target).sample, wanted).item()

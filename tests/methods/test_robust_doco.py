@@ -8,9 +8,10 @@ from diffusers import DDPMScheduler
 
 from erasure.engine import TrainingRun, erase
 from erasure.methods.adversaries import AdversarialPrompts, adversarial_template
-from erasure.methods.base import AnchorData, encode_prompts, frozen_teacher_and_student, unet_parameters
+from erasure.methods.base import AnchorData, frozen_teacher_and_student, unet_parameters
 from erasure.methods.doco import DoCoConfig
 from erasure.methods.request import build_request
+from pipelines.conditioning import encode_prompts
 from pipelines.slots import SLOT
 from tests.helpers import TINY_DOCO, fresh, interrupted_after_checkpoint
 
@@ -52,7 +53,7 @@ def test_inner_attack_finds_the_concept_before_the_update_and_less_after(tiny_pi
     teacher, student, _ = frozen_teacher_and_student(tiny_pipeline, "cpu")
     scheduler = DDPMScheduler.from_config(tiny_pipeline.scheduler.config)
     anchors = AnchorData(tiny_pipeline, request, config, session, scheduler)
-    target_emb = encode_prompts(tiny_pipeline, request.target_prompts, "cpu")
+    target_emb = encode_prompts(tiny_pipeline, request.target_prompts, "cpu").hidden
     adversaries = AdversarialPrompts(tiny_pipeline, request, ["soft"], 3, "cpu", session.generator)
 
     session.generator.manual_seed(7)
@@ -124,8 +125,8 @@ def test_retain_distillation_holds_the_rest_of_the_world_under_any_trained_set(
     distillation keeps other concepts' predictions nearer the original's (canvas-sd's figures: docs/robust.md)."""
     config = DoCoConfig(**{**TINY_DOCO, "steps": 8, "trainable": "noxattn", "num_retain_images": 4})
     request = build_request(tiny_pipeline, "van gogh")
-    retain = encode_prompts(tiny_pipeline, request.retain_prompts[::40], "cpu")
-    target = encode_prompts(tiny_pipeline, request.target_prompts[::10], "cpu")
+    retain = encode_prompts(tiny_pipeline, request.retain_prompts[::40], "cpu").hidden
+    target = encode_prompts(tiny_pipeline, request.target_prompts[::10], "cpu").hidden
     original = tiny_pipeline.unet
     plain = erase(fresh(tiny_pipeline_dir), "van gogh", config=config, seed=0, progress=False)
     held = erase(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 import pipelines
 from pipelines.loading import REGISTRY, PipelineLoadError, load_pipeline, resolve_model
@@ -116,15 +116,14 @@ def test_file_instead_of_folder(tmp_path):
 
 
 def test_folder_of_another_pipeline_class(tmp_path, tiny_pipeline_dir):
-    folder = tmp_path / "xl"
+    folder = tmp_path / "flux"
     shutil.copytree(tiny_pipeline_dir, folder)
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(
-        json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"})
-    )
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
     with pytest.raises(PipelineLoadError) as info:
         load_pipeline(folder)
-    assert "StableDiffusionXLPipeline" in _assert_one_sentence(info.value)
+    message = _assert_one_sentence(info.value)
+    assert "FluxPipeline" in message and "StableDiffusionXLPipeline (SDXL)" in message
 
 
 def test_broken_pipeline_folder(tmp_path, tiny_pipeline_dir):
@@ -213,21 +212,36 @@ def test_hub_id_loads_from_local_cache(monkeypatch, tmp_path, tiny_pipeline_dir,
 
 def test_hub_id_online_failure_is_one_sentence(monkeypatch):
     """When the cache misses and the Hub is allowed, a failed download is still one sentence (no network used:
-    from_pretrained is replaced by a stand-in that fails like the Hub's client)."""
+    reading the model's model_index.json is replaced by a stand-in that fails like the Hub's client)."""
     import requests
 
     calls = []
 
-    def fake_from_pretrained(source, **kwargs):
+    def fake_load_config(source, **kwargs):
         calls.append(kwargs.get("local_files_only", False))
         if kwargs.get("local_files_only"):
             raise OSError("Cannot find an appropriate cached snapshot folder.\nMore lines here.")
         raise requests.ConnectionError("Name or service not known")
 
-    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(DiffusionPipeline, "load_config", fake_load_config)
     monkeypatch.setattr("pipelines.loading._offline", lambda: False)
     with pytest.raises(PipelineLoadError) as info:
         load_pipeline("someone/not-a-model")
     assert calls == [True, False]  # the local cache first, then the Hub
     message = _assert_one_sentence(info.value)
     assert "cannot be reached" in message and "someone/not-a-model" in message
+
+
+def test_a_canvas_world_folder_is_recognised_by_its_tokenizer(tmp_path, tiny_pipeline_dir):
+    """A folder with the world's tokenizer (a copy of canvas-sd, here the tiny one) is a Canvas model; a folder
+    whose tokenizer has one token more, a missing folder or a hub id is not."""
+    from pipelines.loading import is_canvas_folder
+
+    assert is_canvas_folder("canvas-sd") and is_canvas_folder(tiny_pipeline_dir)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_pipeline_dir, other)
+    spec = json.loads((other / "tokenizer" / "tokenizer.json").read_text())
+    spec["model"]["vocab"]["zebra</w>"] = len(spec["model"]["vocab"])
+    (other / "tokenizer" / "tokenizer.json").write_text(json.dumps(spec))
+    assert not is_canvas_folder(other)
+    assert not is_canvas_folder(tmp_path / "missing") and not is_canvas_folder("org/name")
