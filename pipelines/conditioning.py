@@ -82,6 +82,7 @@ def noise_prediction(unet, x_t: torch.Tensor, t, cond: TextConditioning) -> torc
     return unet(x_t, t, encoder_hidden_states=cond.hidden, added_cond_kwargs=cond.added).sample.float()
 
 
+@torch.no_grad()
 def encode_prompts(pipeline, prompts: list[str], device) -> TextConditioning:
     """The conditioning of `prompts` (see the module docstring), in float32 on `device`."""
     if not is_sdxl(pipeline):

@@ -128,7 +128,6 @@ def predicted_x0(scheduler, eps: torch.Tensor, t: torch.Tensor, x_t: torch.Tenso
     return x0
 
 
-@torch.no_grad()
 class AnchorData:
     """The anchor latents a method trains on, with the prompt pair each belongs to, and noised batches of them.
 
