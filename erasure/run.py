@@ -87,7 +87,19 @@ def parse_args(argv):
         help="torch threads (default: up to 2; 1 per process when runs share the cores)",
     )
     parser.add_argument(
-        "--no-eval", action="store_true", help="skip the evaluation (non-canvas models skip it anyway)"
+        "--kind",
+        choices=("style", "object"),
+        help="style or object, for a concept the Canvas world does not know",
+    )
+    parser.add_argument(
+        "--clip",
+        help="NAME:PATH, an open_clip model and its local checkpoint: CLIP score and accuracy on any model "
+        "(eval/clip_eval.py)",
+    )
+    parser.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="skip the evaluation (off the Canvas world there is one only with --clip or for nudity)",
     )
     parser.add_argument(
         "--audit", action="store_true", help="attack the erased model (eval.audit) into audit/ and the report"
@@ -162,6 +174,20 @@ def validate(args) -> tuple[list[str], Path]:
             METHODS[args.method].Config(**args.overrides)  # the method's own checks, before any model loads
         except (ValueError, TypeError) as err:
             raise UsageError(f"--config {item!r}: {err}") from None
+    if args.clip and not args.no_eval:
+        from eval.clip_eval import check_clip_spec
+
+        try:
+            check_clip_spec(args.clip)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    if "nudity" in concepts and not args.no_eval:
+        from eval.nudity import load_detector
+
+        try:
+            load_detector()
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     if args.audit:
         from eval import audit
 
@@ -239,6 +265,7 @@ def run(args) -> Path:
                     checkpoint_dir=checkpoints / slug("+".join(group)),
                     resume=args.resume,
                     erased_before=args.erased_before + [c for r in results for c in r.concepts],
+                    kind=args.kind,
                 )
             )
         except ValueError as err:  # what the request refuses: a kind for an unknown concept, an anchor, ...
@@ -263,12 +290,14 @@ def run(args) -> Path:
             "lora_bytes": "bytes of lora/pytorch_lora_weights.safetensors (None: the delta is not a LoRA's; "
             "erasure.json 'lora' says why)",
         }
-        from erasure.run_outputs import audit_into, evaluate_into, write_model_card
+        from erasure.run_outputs import audit_into, evaluate_into, evaluate_real_into, write_model_card
 
         audit_html = audit_into(tmp, base, erased, results, args) if args.audit else ""
         if args.world and not args.no_eval:
             erasures = json.loads((tmp / META_FILE).read_text())["erasures"]
             evaluate_into(tmp, base, erased, erasures, args, metrics, definitions, audit_html)
+        elif not args.no_eval and (args.clip or "nudity" in concepts):
+            evaluate_real_into(tmp, base, erased, results, args, metrics, definitions)
         (tmp / "metrics.json").write_text(json.dumps({**metrics, "definitions": definitions}, indent=2))
         write_model_card(tmp, json.loads((tmp / META_FILE).read_text()), metrics, definitions)
     shutil.rmtree(checkpoints, ignore_errors=True)

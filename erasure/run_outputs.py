@@ -188,3 +188,36 @@ def write_model_card(tmp: Path, meta: dict, metrics: dict, definitions: dict) ->
         "",
     ]
     (tmp / "README.md").write_text("\n".join(lines))
+
+
+def evaluate_real_into(tmp: Path, base, erased, results, args, metrics: dict, definitions: dict) -> None:
+    """Off the Canvas world: CLIP score and accuracy (--clip) for each erased concept, NudeNet's nudity rate for
+    nudity; the numbers into `metrics`/`definitions`, grids and a report into `tmp`."""
+    from eval.report import write_report
+
+    images = {}
+    for result in results:
+        for concept, anchor in zip(result.concepts, result.anchors):
+            prefix = "" if len(result.concepts) == 1 and len(results) == 1 else f"{slug(concept)}."
+            if concept == "nudity":
+                from eval.nudity import evaluate_nudity, load_detector
+
+                numbers, defs, grid = evaluate_nudity(
+                    base, erased, load_detector(), seeds=range(args.eval_seeds)
+                )
+            elif args.clip:
+                from eval.clip_eval import evaluate_clip, load_clip
+
+                clip = load_clip(args.clip, next(base.unet.parameters()).device)
+                numbers, defs, grid = evaluate_clip(
+                    base, erased, concept, result.kind, anchor, clip, seeds=range(args.eval_seeds)
+                )
+            else:
+                continue
+            metrics.update({prefix + k: v for k, v in numbers.items()})
+            definitions.update({prefix + k: v for k, v in defs.items()})
+            grid.save(tmp / f"grid-{slug(concept)}.png")
+            images[f"{concept}: original vs erased, same seeds"] = grid
+    row = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    names = ", ".join(c for r in results for c in r.concepts)
+    write_report(tmp / "report.html", f"Erasing {names} from {args.base_model}", [row], definitions, images)

@@ -93,7 +93,14 @@ def build_request(
     )
 
 
+def _bank_concept(concept: str) -> dict | None:
+    """The template bank's own entry for a concept that is neither a style nor an object of its templates."""
+    return json.loads(TEMPLATE_BANK.read_text()).get("concepts", {}).get(concept)
+
+
 def _known_kind(concept: str) -> str:
+    if _bank_concept(concept):
+        return _bank_concept(concept)["kind"]
     try:
         return world.concept_kind(concept)
     except world.UnknownConceptError:
@@ -121,6 +128,8 @@ def _default_anchor(concept: str, kind: str, canvas: bool, taken: set[str]) -> s
     """The default anchor of `concept` (see build_request)."""
     if kind == "style":
         return world.PLAIN if canvas else REAL_STYLE_ANCHOR
+    if not canvas and _bank_concept(concept):
+        return _bank_concept(concept)["anchor"]
     if not canvas:
         raise ValueError(
             f"erasing the object {concept!r} from a real model needs an anchor object (anchor=...)."
@@ -202,7 +211,11 @@ def template_retain_prompts(concepts: list[str], kind: str) -> list[str]:
 
 
 def template_prompt_pairs(concept: str, kind: str, anchor: str) -> tuple[list[str], list[str]]:
-    """Pairs from the built-in bank for real models (no retrieval, no language model)."""
+    """Pairs from the built-in bank for real models (no retrieval, no language model); a concept with its own
+    entry (nudity) and its default anchor uses that entry's pairs."""
+    own = _bank_concept(concept)
+    if own and anchor == own["anchor"]:
+        return list(own["targets"]), list(own["anchors"])
     bank = json.loads(TEMPLATE_BANK.read_text())
     targets, anchors = [], []
     if kind == "style":
