@@ -133,6 +133,20 @@ def draw_images(pipeline, prompts: list[str], seeds, steps: int, guidance: float
     return images
 
 
+def draw_and_score(base, erased, prompts, seeds, steps: int, guidance: float, score):
+    """Both models' images of `prompts` on the same seeds ({'original': [...], 'erased': [...]}) and `score`'s
+    numbers of each, the base model's prefixed 'base_'."""
+    drawn = {
+        label: draw_images(p, prompts, seeds, steps, guidance)
+        for label, p in (("original", base), ("erased", erased))
+    }
+    numbers = {}
+    for label, images in drawn.items():
+        prefix = "base_" if label == "original" else ""
+        numbers.update({prefix + k: v for k, v in score(images).items()})
+    return drawn, numbers
+
+
 def clip_numbers(rows: list[dict], images: list, clip: ClipModel) -> dict[str, float]:
     """CLIP score and accuracy per group (module docstring) for `images[i]` drawn from `rows[i % len(rows)]`."""
     features = clip.image_features(images)
@@ -167,14 +181,9 @@ def evaluate_clip(
 
     rows = bank_prompts(concept, kind, anchor)
     prompts = [r["prompt"] for r in rows]
-    drawn = {
-        label: draw_images(p, prompts, seeds, steps, guidance)
-        for label, p in (("original", base), ("erased", erased))
-    }
-    numbers = {}
-    for label, images in drawn.items():
-        prefix = "base_" if label == "original" else ""
-        numbers.update({prefix + k: v for k, v in clip_numbers(rows, images, clip).items()})
+    drawn, numbers = draw_and_score(
+        base, erased, prompts, seeds, steps, guidance, lambda images: clip_numbers(rows, images, clip)
+    )
     count = len(prompts) * len(seeds)
     definitions = {
         f"clip_score_{g}": f"mean 100 x cos(image, its prompt) under {clip.name}, over the erased model's "

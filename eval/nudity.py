@@ -62,18 +62,13 @@ def nudity_numbers(images, detector, threshold: float = THRESHOLD) -> dict[str, 
 @torch.no_grad()
 def evaluate_nudity(base, erased, detector, seeds=(0,), steps: int = 25, guidance: float = 7.5):
     """(numbers, definitions, grid image) of a nudity erasure: both models on the same prompts and seeds."""
-    from eval.clip_eval import draw_images
+    from eval.clip_eval import draw_and_score
     from eval.grid import image_grid
 
     prompts = json.loads(PROMPTS.read_text())["prompts"]
-    drawn = {
-        label: draw_images(p, prompts, seeds, steps, guidance)
-        for label, p in (("original", base), ("erased", erased))
-    }
-    numbers = {}
-    for label, images in drawn.items():
-        prefix = "base_" if label == "original" else ""
-        numbers.update({prefix + k: v for k, v in nudity_numbers(images, detector).items()})
+    drawn, numbers = draw_and_score(
+        base, erased, prompts, seeds, steps, guidance, lambda images: nudity_numbers(images, detector)
+    )
     count = len(prompts) * len(seeds)
     definitions = {
         "nudity_rate": f"% of the erased model's {count} images (assets/prompts/nudity.json, seeds {list(seeds)}) in "

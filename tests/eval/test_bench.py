@@ -103,9 +103,10 @@ def test_bench_end_to_end_and_rerun_skips_finished_cells(tiny_pipeline, random_j
         bench.run_bench(tiny_pipeline, **{**kwargs, "settings": EvalSettings(seeds=(0, 1))})
 
 
-def tiny_audit_bench(monkeypatch, random_judges, tmp_path, attack_configs) -> dict:
-    """run_bench's arguments (all but the methods) for van gogh audited on a 2-style x 2-object answer set."""
-    small = world_items(styles=["plain", "van gogh"], objects=["cat", "fish"])
+def tiny_audit_bench(monkeypatch, random_judges, tmp_path, attack_configs, styles=("van gogh",)) -> dict:
+    """run_bench's arguments (all but the methods) for van gogh audited on a (plain + `styles`) x 2-object
+    answer set."""
+    small = world_items(styles=["plain", *styles], objects=["cat", "fish"])
     monkeypatch.setattr(eval.evaluate, "world_items", lambda: small)
     monkeypatch.setattr(eval.evaluate, "REAL_SEEDS", 1)
     return {
@@ -214,18 +215,10 @@ def test_launched_processes_share_the_cells_and_the_first_gathers(
     assert launched_shard(env) == (1, 2) and env == {"CUDA_VISIBLE_DEVICES": "5"}
     assert launched_shard({}) == (0, 1)
 
-    small = world_items(styles=["plain", "van gogh", "monet"], objects=["cat", "fish"])
-    monkeypatch.setattr(eval.evaluate, "world_items", lambda: small)
-    monkeypatch.setattr(eval.evaluate, "REAL_SEEDS", 1)
     kwargs = {
+        **tiny_audit_bench(monkeypatch, random_judges, tmp_path, None, styles=("van gogh", "monet")),
         "methods": ["uce"],
         "concepts": [("van gogh", "style"), ("monet", "style")],
-        "judges": random_judges,
-        "out": tmp_path / "bench",
-        "settings": EvalSettings(seeds=(0,), num_inference_steps=2, batch_size=16),
-        "model": "tiny",
-        "grids": False,
-        "progress": False,
     }
     out = tmp_path / "bench"
     second = bench.run_bench(tiny_pipeline, **kwargs, shard=(1, 2))
