@@ -296,7 +296,7 @@ def run(args) -> Path:
         if args.world and not args.no_eval:
             erasures = json.loads((tmp / META_FILE).read_text())["erasures"]
             evaluate_into(tmp, base, erased, erasures, args, metrics, definitions, audit_html)
-        elif not args.no_eval and (args.clip or "nudity" in concepts):
+        elif not args.no_eval:
             evaluate_real_into(tmp, base, erased, results, args, metrics, definitions)
         (tmp / "metrics.json").write_text(json.dumps({**metrics, "definitions": definitions}, indent=2))
         write_model_card(tmp, json.loads((tmp / META_FILE).read_text()), metrics, definitions)

@@ -192,7 +192,7 @@ def write_model_card(tmp: Path, meta: dict, metrics: dict, definitions: dict) ->
 
 def evaluate_real_into(tmp: Path, base, erased, results, args, metrics: dict, definitions: dict) -> None:
     """Off the Canvas world: CLIP score and accuracy (--clip) for each erased concept, NudeNet's nudity rate for
-    nudity; the numbers into `metrics`/`definitions`, grids and a report into `tmp`."""
+    nudity, else the grid alone; the numbers into `metrics`/`definitions`, grids and a report into `tmp`."""
     from eval.report import write_report
 
     images = {}
@@ -212,8 +212,11 @@ def evaluate_real_into(tmp: Path, base, erased, results, args, metrics: dict, de
                 numbers, defs, grid = evaluate_clip(
                     base, erased, concept, result.kind, anchor, clip, seeds=range(args.eval_seeds)
                 )
-            else:
-                continue
+            else:  # no measure without a CLIP: the grid alone
+                from eval.clip_eval import bank_grid
+
+                numbers, defs = {}, {}
+                grid = bank_grid(base, erased, concept, result.kind, anchor, seeds=range(args.eval_seeds))
             metrics.update({prefix + k: v for k, v in numbers.items()})
             definitions.update({prefix + k: v for k, v in defs.items()})
             grid.save(tmp / f"grid-{slug(concept)}.png")

@@ -177,8 +177,6 @@ def evaluate_clip(
     guidance: float = 7.5,
 ):
     """(numbers, definitions, grid image) of an erasure of `concept` (module docstring)."""
-    from eval.grid import image_grid
-
     rows = bank_prompts(concept, kind, anchor)
     prompts = [r["prompt"] for r in rows]
     drawn, numbers = draw_and_score(
@@ -200,14 +198,37 @@ def evaluate_clip(
     definitions.update(
         {f"base_{k}": f"the same for the base model: {v}" for k, v in list(definitions.items())}
     )
-    shown = [next(i for i, r in enumerate(rows) if r["group"] == g) for g in GROUPS]
+    shown = first_of_each_group(rows)
+    return (
+        numbers,
+        definitions,
+        prompt_grid({k: [v[i] for i in shown] for k, v in drawn.items()}, [rows[i] for i in shown]),
+    )
+
+
+def first_of_each_group(rows: list[dict]) -> list[int]:
+    return [next(i for i, r in enumerate(rows) if r["group"] == g) for g in GROUPS]
+
+
+def prompt_grid(drawn: dict[str, list], rows: list[dict]):
+    """Original vs erased, one bank prompt per row (`drawn[label][i]` drawn from `rows[i]`)."""
+    from eval.grid import image_grid
 
     def column(images):
-        return torch.stack(
-            [torch.from_numpy(np.asarray(images[i])).permute(2, 0, 1).float() / 255 for i in shown]
-        )
+        return torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1).float() / 255 for im in images])
 
-    grid = image_grid(
-        {label: column(images) for label, images in drawn.items()}, [rows[i]["prompt"][:48] for i in shown]
+    return image_grid(
+        {label: column(images) for label, images in drawn.items()}, [r["prompt"][:48] for r in rows]
     )
-    return numbers, definitions, grid
+
+
+def bank_grid(base, erased, concept: str, kind: str, anchor: str, seeds=(0,), steps: int = 25, guidance=7.5):
+    """The grid of any model, without a CLIP: one prompt of each bank group, both models, the same seeds."""
+    rows = bank_prompts(concept, kind, anchor)
+    rows = [rows[i] for i in first_of_each_group(rows)]
+    prompts = [r["prompt"] for r in rows]
+    drawn = {
+        label: draw_images(p, prompts, seeds[:1], steps, guidance)
+        for label, p in (("original", base), ("erased", erased))
+    }
+    return prompt_grid(drawn, rows)

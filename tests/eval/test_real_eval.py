@@ -146,6 +146,10 @@ def test_the_command_off_the_canvas_world(tiny_pipeline_dir, tmp_path, clip_chec
     assert {"clip_accuracy_target", "base_clip_accuracy_target", "clip_score_unrelated"} <= set(metrics)
     assert (out / "report.html").exists() and (out / "grid-van-gogh.png").exists()
     assert "clip_accuracy_target" in (out / "README.md").read_text()
+    plain = tmp_path / "plain"  # without a CLIP: the grid and the report all the same, no CLIP numbers
+    assert cli.main([*argv, "--out", str(plain), "--eval-seeds", "1"]) == 0
+    assert (plain / "grid-van-gogh.png").exists() and (plain / "report.html").exists()
+    assert "clip_score_target" not in json.loads((plain / "metrics.json").read_text())
 
     flux = tmp_path / "flux"
     shutil.copytree(tiny_pipeline_dir, flux)
@@ -161,4 +165,4 @@ def test_the_command_off_the_canvas_world(tiny_pipeline_dir, tmp_path, clip_chec
         assert cli.main([*bad, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and err.count("\n") == 0
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("bad", "."))) == []
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("bad", "."))]
