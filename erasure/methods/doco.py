@@ -103,6 +103,9 @@ class DoCoConfig(AnchorImagesConfig):
     discriminator_per_concept: bool = option(
         False, "one discriminator head per erased concept on a shared trunk (not in the paper; k > 1 only)"
     )
+    concept_batches: bool = option(
+        False, "k > 1: each step's samples all come from one concept, the concepts in turn (not in the paper)"
+    )
     num_anchor_images: int = option(1000, "anchor images generated once by the frozen pipeline")
     retain_distill: float = option(
         0.0, "weight of the retain distillation gradient (module docstring; 0 = off, as the paper)"
@@ -328,10 +331,9 @@ def run(pipeline, request, config: DoCoConfig, session):
         heads = len(request.concepts) if config.discriminator_per_concept else 1
         disc = PatchDiscriminator(anchors.latents.shape[1], min(anchors.latents.shape[-2:]), heads=heads)
         disc = disc.to(device).train()
-    # The head that judges each prompt pair: its concept's (every pair the one head's when there is one).
-    pair_head = torch.tensor(
-        [request.concepts.index(c) if heads > 1 else 0 for c in request.pair_concepts], device=device
-    )
+    # Each prompt pair's concept, and the head that judges it: its concept's (the one head's when there is one).
+    pair_concept = torch.tensor([request.concepts.index(c) for c in request.pair_concepts], device=device)
+    pair_head = pair_concept if heads > 1 else torch.zeros_like(pair_concept)
     lr = config.learning_rate * (config.batch_size * accelerator.num_processes if config.scale_lr else 1)
     optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=config.weight_decay)
     optimizer_d = torch.optim.Adam(disc.parameters(), lr=config.d_learning_rate, betas=config.d_betas)
@@ -342,7 +344,15 @@ def run(pipeline, request, config: DoCoConfig, session):
         state.update(adversaries.state())
     session.track(state, {"unet": optimizer, "discriminator": optimizer_d})
 
-    def sample_batch():
+    # With concept_batches, step s draws only latents of concept s mod k (their prompt pairs' concept).
+    latent_concept = pair_concept[anchors.pair]
+    concept_rows = [torch.nonzero(latent_concept == c).flatten() for c in range(len(request.concepts))]
+    if config.concept_batches and any(len(rows) == 0 for rows in concept_rows):
+        raise ValueError("concept_batches needs anchor images of every concept: raise num_anchor_images.")
+
+    def sample_batch(step: int):
+        if config.concept_batches and len(request.concepts) > 1:
+            return anchors.batch(config.batch_size, config.hflip, concept_rows[step % len(request.concepts)])
         return anchors.batch(config.batch_size, config.hflip)
 
     def gradients(loss) -> list[torch.Tensor]:
@@ -371,7 +381,7 @@ def run(pipeline, request, config: DoCoConfig, session):
                 config.robust_lr,
                 session.generator,
             )
-        _, _, t, x_t, k = sample_batch()
+        _, _, t, x_t, k = sample_batch(step)
         emb_target = target_emb[k]
         if adversaries is not None and update_unet:
             mixed = adversaries.mix(target_emb.hidden, k, config.robust_share, session.generator)
@@ -382,7 +392,7 @@ def run(pipeline, request, config: DoCoConfig, session):
 
         if update_unet:
             # Prior preservation: the standard diffusion loss on other anchor latents with their anchor prompts.
-            x0_p, noise_p, t_p, x_p, k_p = sample_batch()
+            x0_p, noise_p, t_p, x_p, k_p = sample_batch(step)
             with accelerator.autocast():
                 pred_p = noise_prediction(unet, x_p, t_p, anchor_emb[k_p])
             prior_loss = F.mse_loss(pred_p, diffusion_target(scheduler, x0_p, noise_p, t_p))
