@@ -144,3 +144,28 @@ def test_methods_bound_to_one_text_encoder_refuse_sdxl(family):
     ):
         with pytest.raises(ValueError, match="SD 1.x/2.x"):
             erase(pipe, "van gogh", method=method, config=config, progress=False)
+
+
+def test_the_robust_peers_run_on_sd2(family):
+    """AdvUnlearn (text encoder) and STEREO (UNet) on SD 2.x: v-prediction, their declared parameters only."""
+    from erasure.methods.advunlearn import text_encoder_parameters
+    from erasure.methods.stereo import STEREOConfig
+    from tests.methods.test_advunlearn import TINY as TINY_ADVUNLEARN
+    from tests.methods.test_stereo import TINY as TINY_STEREO
+
+    name, folder = family
+    if name != "sd2":
+        pytest.skip("they refuse SDXL (test_methods_bound_to_one_text_encoder_refuse_sdxl)")
+    pipe = load_pipeline(folder)
+    before_unet, before_text = snapshot(pipe.unet), snapshot(pipe.text_encoder)
+    result = erase(pipe, "van gogh", method="advunlearn", config=TINY_ADVUNLEARN, progress=False)
+    trained = text_encoder_parameters(result.pipeline.text_encoder, "text_encoder_full")
+    assert changed(before_text, result.pipeline.text_encoder) <= set(trained)
+    assert changed(before_text, result.pipeline.text_encoder) and not changed(
+        before_unet, result.pipeline.unet
+    )
+    result = erase(pipe, "van gogh", method="stereo", config=TINY_STEREO, progress=False)
+    declared = set(unet_parameters(result.pipeline.unet, STEREOConfig(**TINY_STEREO).train_method))
+    assert (
+        changed(before_unet, result.pipeline.unet) and changed(before_unet, result.pipeline.unet) <= declared
+    )
