@@ -165,15 +165,10 @@ class AnchorData:
         self.latents = latents.contiguous()
         self.scheduler, self.generator, self.device = scheduler, session.generator, device
 
-    def batch(self, size: int, hflip: bool, among: torch.Tensor | None = None):
-        """(x0, noise, t, x_t, pair index) for `size` random anchor latents (of the indices `among`, when given),
-        optionally flipped, noised at random t."""
+    def batch(self, size: int, hflip: bool):
+        """(x0, noise, t, x_t, pair index) for `size` random anchor latents, optionally flipped, noised at random t."""
         gen, device = self.generator, self.device
-        idx = torch.randint(
-            len(self.latents) if among is None else len(among), (size,), generator=gen, device=device
-        )
-        if among is not None:
-            idx = among[idx]
+        idx = torch.randint(len(self.latents), (size,), generator=gen, device=device)
         x0 = self.latents[idx]
         if hflip:
             flip = torch.rand(len(idx), generator=gen, device=device) < 0.5

@@ -105,9 +105,6 @@ class DoCoConfig(AnchorImagesConfig):
     discriminator_per_concept: bool = option(
         False, "one discriminator head per erased concept on a shared trunk (not in the paper; k > 1 only)"
     )
-    concept_batches: bool = option(
-        False, "k > 1: each step's samples all come from one concept, the concepts in turn (not in the paper)"
-    )
     num_anchor_images: int = option(1000, "anchor images generated once by the frozen pipeline")
     retain_distill: float = option(
         0.0, "weight of the retain distillation gradient (module docstring; 0 = off, as the paper)"
@@ -258,15 +255,7 @@ def run(pipeline, request, config: DoCoConfig, session):
         state.update(adversaries.state())
     session.track(state, {"unet": optimizer, "discriminator": optimizer_d})
 
-    # With concept_batches, step s draws only latents of concept s mod k (their prompt pairs' concept).
-    latent_concept = pair_concept[anchors.pair]
-    concept_rows = [torch.nonzero(latent_concept == c).flatten() for c in range(len(request.concepts))]
-    if config.concept_batches and any(len(rows) == 0 for rows in concept_rows):
-        raise ValueError("concept_batches needs anchor images of every concept: raise num_anchor_images.")
-
-    def sample_batch(step: int):
-        if config.concept_batches and len(request.concepts) > 1:
-            return anchors.batch(config.batch_size, config.hflip, concept_rows[step % len(request.concepts)])
+    def sample_batch():
         return anchors.batch(config.batch_size, config.hflip)
 
     def gradients(loss) -> list[torch.Tensor]:
@@ -295,7 +284,7 @@ def run(pipeline, request, config: DoCoConfig, session):
                 config.robust_lr,
                 session.generator,
             )
-        _, _, t, x_t, k = sample_batch(step)
+        _, _, t, x_t, k = sample_batch()
         emb_target = target_emb[k]
         if adversaries is not None and update_unet:
             mixed = adversaries.mix(target_emb.hidden, k, config.robust_share, session.generator)
@@ -306,7 +295,7 @@ def run(pipeline, request, config: DoCoConfig, session):
 
         if update_unet:
             # Prior preservation: the standard diffusion loss on other anchor latents with their anchor prompts.
-            x0_p, noise_p, t_p, x_p, k_p = sample_batch(step)
+            x0_p, noise_p, t_p, x_p, k_p = sample_batch()
             with accelerator.autocast():
                 pred_p = noise_prediction(unet, x_p, t_p, anchor_emb[k_p])
             prior_loss = F.mse_loss(pred_p, diffusion_target(scheduler, x0_p, noise_p, t_p))
