@@ -196,6 +196,11 @@ def evaluate_real_into(tmp: Path, base, erased, results, args, metrics: dict, de
     from eval.report import write_report
 
     images = {}
+    clip = None
+    if args.clip:
+        from eval.clip_eval import evaluate_clip, load_clip
+
+        clip = load_clip(args.clip, next(base.unet.parameters()).device)  # one CLIP for every concept
     for result in results:
         for concept, anchor in zip(result.concepts, result.anchors):
             prefix = "" if len(result.concepts) == 1 and len(results) == 1 else f"{slug(concept)}."
@@ -205,10 +210,7 @@ def evaluate_real_into(tmp: Path, base, erased, results, args, metrics: dict, de
                 numbers, defs, grid = evaluate_nudity(
                     base, erased, load_detector(), seeds=range(args.eval_seeds)
                 )
-            elif args.clip:
-                from eval.clip_eval import evaluate_clip, load_clip
-
-                clip = load_clip(args.clip, next(base.unet.parameters()).device)
+            elif clip is not None:
                 numbers, defs, grid = evaluate_clip(
                     base, erased, concept, result.kind, anchor, clip, seeds=range(args.eval_seeds)
                 )

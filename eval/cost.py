@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -252,8 +253,6 @@ def main(argv=None) -> int:
             "rows": rows,
             "definitions": DEFINITIONS,
         }
-        import shutil
-
         shutil.rmtree(tmp / "tokenizer")
         (tmp / "cost.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "cost.md").write_text(to_markdown(report))

@@ -61,9 +61,10 @@ def _layer(pipeline, component: str, module_path: str) -> nn.Module:
         raise LoraExportError(f"the base pipeline's {component} has no layer {module_path!r}.") from None
 
 
-def _changes(delta: dict[str, torch.Tensor], base) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
-    """{(component, layer path): {'weight'|'bias': W - W0}} for every changed tensor; refuses what LoRA cannot hold."""
-    layers: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+def _changes(delta: dict[str, torch.Tensor], base) -> dict[str, tuple[nn.Module, dict[str, torch.Tensor]]]:
+    """{'<component>.<layer path>': (the base's layer, {'weight'|'bias': W - W0})} for every changed tensor;
+    refuses what a LoRA cannot hold."""
+    layers: dict[str, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
     for name, new in sorted(delta.items()):
         component, _, param = name.partition(".")
         module_path, _, leaf = param.rpartition(".")
@@ -76,7 +77,7 @@ def _changes(delta: dict[str, torch.Tensor], base) -> dict[tuple[str, str], dict
             )
         change = new.detach().double().cpu() - getattr(layer, leaf).detach().double().cpu()
         if bool(change.any()):
-            layers.setdefault((component, module_path), {})[leaf] = change
+            layers.setdefault(f"{component}.{module_path}", (layer, {}))[1][leaf] = change
     return layers
 
 
@@ -90,28 +91,25 @@ def lora_state_dict(
         raise LoraExportError(
             "the erasure changed no tensor of the base pipeline; there is nothing to export."
         )
-    factors = {}
-    for key, change in layers.items():
-        if "weight" in change:
-            matrix = change["weight"].reshape(change["weight"].shape[0], -1)
-            u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-            factors[key] = (u, s, vh, float(matrix.norm()))
-    rank = max([rank_for(s, max_relative_error) for _, s, _, _ in factors.values()] + [1])
+    factors = {
+        prefix: torch.linalg.svd(change["weight"].reshape(len(change["weight"]), -1), full_matrices=False)
+        for prefix, (_, change) in layers.items()
+        if "weight" in change
+    }
+    rank = max([rank_for(s, max_relative_error) for _, s, _ in factors.values()] + [1])
 
     tensors, worst = {}, 0.0
-    for (component, module_path), change in layers.items():
-        layer = _layer(base, component, module_path)
+    for prefix, (layer, change) in layers.items():
         dtype = layer.weight.dtype
-        prefix = f"{component}.{module_path}"
-        if (component, module_path) in factors:
-            u, s, vh, norm = factors[(component, module_path)]
+        if prefix in factors:
+            u, s, vh = factors[prefix]
             r = min(rank, len(s))
             root = s[:r].sqrt()
             up, down = u[:, :r] * root, root[:, None] * vh[:r]
             if r < rank:  # a layer of lower rank than the shared one: zero rows/columns keep the shapes equal
                 up = torch.cat([up, up.new_zeros(up.shape[0], rank - r)], 1)
                 down = torch.cat([down, down.new_zeros(rank - r, down.shape[1])], 0)
-            worst = max(worst, float((u[:, :r] * s[:r] @ vh[:r] - u * s @ vh).norm()) / norm)
+            worst = max(worst, float(s[r:].norm() / s.norm()))  # the truncation's relative Frobenius error
         else:  # only the bias changed
             up = torch.zeros(layer.weight.shape[0], rank, dtype=torch.float64)
             down = torch.zeros(rank, layer.weight[0].numel(), dtype=torch.float64)
@@ -123,10 +121,9 @@ def lora_state_dict(
         if "bias" in change:
             tensors[f"{prefix}.lora_B.bias"] = change["bias"].to(dtype).contiguous()
     if any(key.endswith(".bias") for key in tensors):  # PEFT's lora_bias is one flag for every layer
-        for (component, module_path), change in layers.items():
-            layer = _layer(base, component, module_path)
-            bias = f"{component}.{module_path}.lora_B.bias"
-            tensors.setdefault(bias, torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
+        for prefix, (layer, _) in layers.items():
+            bias = torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype)
+            tensors.setdefault(f"{prefix}.lora_B.bias", bias)
     record = {
         "rank": rank,
         "max_relative_error": worst,

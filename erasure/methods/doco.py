@@ -217,14 +217,15 @@ def run(pipeline, request, config: DoCoConfig, session):
     anchors = AnchorData(pipeline, request, config, session, scheduler)
     target_emb = encode_prompts(pipeline, request.target_prompts, device)
     anchor_emb = encode_prompts(pipeline, request.anchor_prompts, device)
-    spring = None
+    spring = retain = None
     kv = {n: p for n, p in cross_attention_kv(teacher).items() if n in params}  # what the spring can hold
-    if config.retain_weight > 0 and request.retain_prompts and kv:
-        spring = RetainSpring(kv, encode_prompts(pipeline, request.retain_prompts, device).hidden)
-    retain = None
+    use_spring = config.retain_weight > 0 and request.retain_prompts and kv
+    if use_spring or (config.retain_distill > 0 and request.retain_prompts):
+        retain_emb = encode_prompts(pipeline, request.retain_prompts, device)
+    if use_spring:
+        spring = RetainSpring(kv, retain_emb.hidden)
     if config.retain_distill > 0 and request.retain_prompts:
         retain = AnchorData(pipeline, request, config, session, scheduler, config.num_retain_images)
-        retain_emb = encode_prompts(pipeline, request.retain_prompts, device)
     adversaries = None
     if config.robust:
         if is_sdxl(pipeline):
@@ -242,9 +243,10 @@ def run(pipeline, request, config: DoCoConfig, session):
         heads = len(request.concepts) if config.discriminator_per_concept else 1
         disc = PatchDiscriminator(anchors.latents.shape[1], min(anchors.latents.shape[-2:]), heads=heads)
         disc = disc.to(device).train()
-    # Each prompt pair's concept, and the head that judges it: its concept's (the one head's when there is one).
-    pair_concept = torch.tensor([request.concepts.index(c) for c in request.pair_concepts], device=device)
-    pair_head = pair_concept if heads > 1 else torch.zeros_like(pair_concept)
+    # The head that judges each prompt pair: its concept's (every pair the one head's when there is one).
+    pair_head = torch.tensor(
+        [request.concepts.index(c) if heads > 1 else 0 for c in request.pair_concepts], device=device
+    )
     lr = config.learning_rate * (config.batch_size * accelerator.num_processes if config.scale_lr else 1)
     optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=config.weight_decay)
     optimizer_d = torch.optim.Adam(disc.parameters(), lr=config.d_learning_rate, betas=config.d_betas)

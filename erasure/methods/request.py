@@ -6,6 +6,7 @@ generalisation tests.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -93,14 +94,20 @@ def build_request(
     )
 
 
+@functools.cache
+def _template_bank() -> dict:
+    """assets/prompts/anchor_templates.json, read once per process."""
+    return json.loads(TEMPLATE_BANK.read_text())
+
+
 def _bank_concept(concept: str) -> dict | None:
     """The template bank's own entry for a concept that is neither a style nor an object of its templates."""
-    return json.loads(TEMPLATE_BANK.read_text()).get("concepts", {}).get(concept)
+    return _template_bank().get("concepts", {}).get(concept)
 
 
 def _known_kind(concept: str) -> str:
-    if _bank_concept(concept):
-        return _bank_concept(concept)["kind"]
+    if own := _bank_concept(concept):
+        return own["kind"]
     try:
         return world.concept_kind(concept)
     except world.UnknownConceptError:
@@ -128,8 +135,8 @@ def _default_anchor(concept: str, kind: str, canvas: bool, taken: set[str]) -> s
     """The default anchor of `concept` (see build_request)."""
     if kind == "style":
         return world.PLAIN if canvas else REAL_STYLE_ANCHOR
-    if not canvas and _bank_concept(concept):
-        return _bank_concept(concept)["anchor"]
+    if not canvas and (own := _bank_concept(concept)):
+        return own["anchor"]
     if not canvas:
         raise ValueError(
             f"erasing the object {concept!r} from a real model needs an anchor object (anchor=...)."
@@ -193,7 +200,7 @@ def canvas_retain_prompts(concepts: list[str], kind: str) -> list[str]:
 
 def template_retain_prompts(concepts: list[str], kind: str) -> list[str]:
     """Retain prompts for real models from the bank: other artists' suffixes, or the templates with other objects."""
-    bank = json.loads(TEMPLATE_BANK.read_text())
+    bank = _template_bank()
     if kind == "style":
         prompts = [t.format(subject=s) for t in bank["style_templates"] for s in bank["subjects"]]
         styles = [s for s in bank["retain_styles"] if s not in concepts]
@@ -216,7 +223,7 @@ def template_prompt_pairs(concept: str, kind: str, anchor: str) -> tuple[list[st
     own = _bank_concept(concept)
     if own and anchor == own["anchor"]:
         return list(own["targets"]), list(own["anchors"])
-    bank = json.loads(TEMPLATE_BANK.read_text())
+    bank = _template_bank()
     targets, anchors = [], []
     if kind == "style":
         suffixes = bank["style_suffixes"]
