@@ -227,6 +227,11 @@ def main(argv=None) -> int:
     if unknown or not methods or not precisions:
         problem = f"unknown or missing methods/precisions ({', '.join(unknown) or 'none given'}); methods: "
         problem += f"{', '.join(METHODS)}; precisions: {', '.join(PRECISIONS)}."
+    elif mixed := [m for m in methods if not METHODS[m].Config.uniform_steps]:
+        problem = (
+            f"{mixed[0]}'s steps are of several kinds with different costs, so seconds per step cannot time it; "
+            f"time it with erasure.run's own seconds and peak memory instead."
+        )
     elif args.probe < 1 or args.probe_images < 1 or not 0 < args.scale <= 1:
         problem = "--probe and --probe-images must be at least 1 and --scale within (0, 1]."
     if problem:

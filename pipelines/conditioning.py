@@ -82,32 +82,41 @@ def noise_prediction(unet, x_t: torch.Tensor, t, cond: TextConditioning) -> torc
     return unet(x_t, t, encoder_hidden_states=cond.hidden, added_cond_kwargs=cond.added).sample.float()
 
 
+def tokenizers(pipeline) -> list:
+    """The pipeline's tokenizers, one per text encoder (SDXL's second tokenizer pads differently)."""
+    return [pipeline.tokenizer] + ([pipeline.tokenizer_2] if is_sdxl(pipeline) else [])
+
+
+def conditioning_from_ids(pipeline, ids: list[torch.Tensor], encoders=None) -> TextConditioning:
+    """The conditioning of token ids, `ids[i]` (N, L) for the i-th tokenizer, through `encoders` (default: the
+    pipeline's own; robust erasers pass their trained copies), with gradients when they are enabled. The empty
+    prompt is not zeroed here: `encode_prompts` does that."""
+    encoders = list(encoders) if encoders is not None else text_encoders(pipeline)
+    device = next(encoders[0].parameters()).device
+    if not is_sdxl(pipeline):
+        return TextConditioning(encoders[0](ids[0].to(device))[0].float())
+    states = []
+    for token_ids, encoder in zip(ids, encoders):
+        out = encoder(token_ids.to(device), output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+    hidden, pooled = torch.cat(states, dim=-1).float(), out[0].float()  # text_encoder_2's projection of EOS
+    size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=hidden.device)
+    return TextConditioning(hidden, pooled, time_ids.expand(len(hidden), -1))
+
+
 @torch.no_grad()
 def encode_prompts(pipeline, prompts: list[str], device) -> TextConditioning:
     """The conditioning of `prompts` (see the module docstring), in float32 on `device`."""
-    if not is_sdxl(pipeline):
-        ids = tokenize(pipeline, prompts).input_ids
-        hidden = [
-            pipeline.text_encoder(ids[i : i + ENCODE_BATCH].to(device))[0]
-            for i in range(0, len(prompts), ENCODE_BATCH)
-        ]
-        return TextConditioning(torch.cat(hidden).float())
-    hidden, pooled = [], []
+    parts = []
     for i in range(0, len(prompts), ENCODE_BATCH):
         chunk = prompts[i : i + ENCODE_BATCH]
-        states = []
-        for tokenizer, encoder in zip((pipeline.tokenizer, pipeline.tokenizer_2), text_encoders(pipeline)):
-            out = encoder(
-                tokenize(pipeline, chunk, tokenizer).input_ids.to(device), output_hidden_states=True
-            )
-            states.append(out.hidden_states[-2])
-        hidden.append(torch.cat(states, dim=-1))
-        pooled.append(out[0])  # text_encoder_2's projection of the EOS token
-    hidden, pooled = torch.cat(hidden).float(), torch.cat(pooled).float()
-    if getattr(pipeline.config, "force_zeros_for_empty_prompt", False):
-        empty = torch.tensor([p == "" for p in prompts], device=hidden.device)
-        hidden = torch.where(empty.view(-1, 1, 1), torch.zeros_like(hidden), hidden)
-        pooled = torch.where(empty.view(-1, 1), torch.zeros_like(pooled), pooled)
-    size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=hidden.device)
-    return TextConditioning(hidden, pooled, time_ids.expand(len(prompts), -1))
+        ids = [tokenize(pipeline, chunk, tokenizer).input_ids for tokenizer in tokenizers(pipeline)]
+        parts.append(conditioning_from_ids(pipeline, ids))
+    cond = TextConditioning.cat(parts)
+    cond = TextConditioning(*(None if x is None else x.to(device) for x in cond._parts()))
+    if is_sdxl(pipeline) and getattr(pipeline.config, "force_zeros_for_empty_prompt", False):
+        empty = torch.tensor([p == "" for p in prompts], device=cond.hidden.device)
+        cond.hidden = torch.where(empty.view(-1, 1, 1), torch.zeros_like(cond.hidden), cond.hidden)
+        cond.pooled = torch.where(empty.view(-1, 1), torch.zeros_like(cond.pooled), cond.pooled)
+    return cond

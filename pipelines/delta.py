@@ -247,7 +247,7 @@ def load_erased(base: str | None, run_dir: str | Path, device: str | torch.devic
 
 
 def erased_copy(base, run_dir_or_delta):
-    """A pipeline sharing `base`'s components but copies of its UNet and text encoder, with a delta (a run folder or
+    """A pipeline sharing `base`'s components but copies of its UNet and text encoder(s), with a delta (a run folder or
     its loaded tensors, as `apply_delta` takes) applied to them (`base` keeps its weights): many erased models from
     one loaded base."""
     import copy
@@ -257,9 +257,12 @@ def erased_copy(base, run_dir_or_delta):
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # from_pipe warns about casting; nothing is cast
     try:
-        pipe = type(base).from_pipe(
-            base, unet=copy.deepcopy(base.unet), text_encoder=copy.deepcopy(base.text_encoder)
-        )
+        trained = {
+            name: copy.deepcopy(getattr(base, name))
+            for name in ("unet", "text_encoder", "text_encoder_2")
+            if getattr(base, name, None) is not None
+        }
+        pipe = type(base).from_pipe(base, **trained)
     finally:
         diffusers_logging.set_verbosity(verbosity)
     pipe.set_progress_bar_config(disable=True)

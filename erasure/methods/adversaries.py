@@ -15,8 +15,9 @@ AdvUnlearn does. A refresh picks `prompts` pairs per attack type and runs Adam o
 minimising |eps_student(x_t, adversarial prompt) - eps_teacher(x_t, target prompt)|^2 on noised anchor latents:
 the attacker wants the model being erased to draw, from its new prompt, what the original model drew for the
 concept. The eraser then uses the hidden states of every embedding found so far in place of the target prompt's
-in a share of its target samples. The text encoder is frozen, so hidden states depend on the embeddings alone
-and are recomputed when used; the embeddings and the record of which were found are what a checkpoint keeps.
+in a share of its target samples. The text encoders are frozen, so the conditioning depends on the embeddings
+alone and is recomputed when used; the embeddings and the record of which were found are what a checkpoint keeps.
+On SDXL an embedding is one input embedding per text encoder (`pipelines.slots.SlotPrompts`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import re
 import torch
 import torch.nn.functional as F
 
-from pipelines.slots import SLOT, encode_with_slots, slot_ids
+from pipelines.conditioning import TextConditioning, noise_prediction
+from pipelines.slots import SLOT, SlotPrompts
 
 ATTACK_TYPES = ("soft", "inversion")
 
@@ -52,20 +54,20 @@ class AdversarialPrompts:
     def __init__(self, pipeline, request, attacks, tokens: int, device, generator: torch.Generator):
         if not attacks:
             raise ValueError("a robust erasure needs at least one inner attack type.")
-        self.text_encoder, self.attacks, self.device = pipeline.text_encoder, tuple(attacks), device
-        weight = self.text_encoder.get_input_embeddings().weight.detach().float()
+        self.attacks, self.device = tuple(attacks), device
+        vocabulary = pipeline.text_encoder.get_input_embeddings().weight.shape[0]
         n_pairs = len(request.target_prompts)
-        self.ids, self.mask, self.vectors, self.found = {}, {}, {}, {}
+        self.prompts, self.vectors, self.found = {}, {}, {}
         for attack in self.attacks:
             texts = [
                 adversarial_template(p, c, attack, tokens)
                 for p, c in zip(request.target_prompts, request.pair_concepts)
             ]
-            self.ids[attack], self.mask[attack] = slot_ids(pipeline.tokenizer, texts)
-            slots = int(self.mask[attack][0].sum())
+            self.prompts[attack] = SlotPrompts(pipeline, texts)
+            slots = self.prompts[attack].slots
             # Start from random vocabulary tokens, as the audit's attacks do.
-            start = torch.randint(len(weight), (n_pairs, slots), generator=generator, device=generator.device)
-            self.vectors[attack] = weight[start.cpu()].to(device)
+            start = torch.randint(vocabulary, (n_pairs, slots), generator=generator, device=generator.device)
+            self.vectors[attack] = self.prompts[attack].token_vectors(start).to(device)
             self.found[attack] = torch.zeros(n_pairs, device=device)
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -74,21 +76,18 @@ class AdversarialPrompts:
         state.update({f"adversary.{a}.found": f for a, f in self.found.items()})
         return state
 
-    def hidden(self, attack: str, pairs: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """Text-encoder hidden states of `attack`'s prompts for `pairs` (with `vectors`, or the kept ones)."""
+    def conditioning(self, attack: str, pairs: torch.Tensor, vectors=None) -> TextConditioning:
+        """The UNet's conditioning of `attack`'s prompts for `pairs` (with `vectors`, or the kept ones)."""
         vectors = self.vectors[attack][pairs] if vectors is None else vectors
-        pairs = pairs.cpu()
-        return encode_with_slots(
-            self.text_encoder, self.ids[attack][pairs], self.mask[attack][pairs], vectors
-        )
+        return self.prompts[attack].encode(vectors, pairs)
 
     def loss(self, student, teacher, anchors, target_emb, attack: str, pairs, vectors=None) -> torch.Tensor:
         """The attacker's objective on one batch of noised anchor latents: student on the adversarial prompt vs
         teacher on the target prompt (mean squared error)."""
         _, _, t, x_t, _ = anchors.batch(len(pairs), False)
         with torch.no_grad():
-            goal = teacher(x_t, t, encoder_hidden_states=target_emb[pairs]).sample.float()
-        pred = student(x_t, t, encoder_hidden_states=self.hidden(attack, pairs, vectors)).sample.float()
+            goal = noise_prediction(teacher, x_t, t, target_emb[pairs])
+        pred = noise_prediction(student, x_t, t, self.conditioning(attack, pairs, vectors))
         return F.mse_loss(pred, goal)
 
     def refresh(
@@ -113,15 +112,20 @@ class AdversarialPrompts:
         return last
 
     @torch.no_grad()
-    def mix(self, target_emb: torch.Tensor, k: torch.Tensor, share: float, generator) -> torch.Tensor:
-        """Hidden states for target samples of pairs `k`: each sample whose pair has adversarial embeddings takes
+    def mix(self, target_emb: TextConditioning, k: torch.Tensor, share: float, generator) -> TextConditioning:
+        """Conditioning for target samples of pairs `k`: each sample whose pair has adversarial embeddings takes
         one of them (a random attack type among those found) with probability `share`, else the target prompt's."""
-        emb = target_emb[k].clone()
+        emb = target_emb[k]
+        hidden = emb.hidden.clone()
+        pooled = None if emb.pooled is None else emb.pooled.clone()
         n = len(k)
         draw = torch.rand(n, generator=generator, device=generator.device).to(self.device) < share
         which = torch.randint(len(self.attacks), (n,), generator=generator, device=generator.device)
         for index, attack in enumerate(self.attacks):
             rows = draw & (which.to(self.device) == index) & (self.found[attack][k] > 0)
             if rows.any():
-                emb[rows] = self.hidden(attack, k[rows]).to(emb.dtype)
-        return emb
+                found = self.conditioning(attack, k[rows])
+                hidden[rows] = found.hidden.to(hidden.dtype)
+                if pooled is not None:
+                    pooled[rows] = found.pooled.to(pooled.dtype)
+        return TextConditioning(hidden, pooled, emb.time_ids)

@@ -33,9 +33,16 @@ from diffusers import DDIMScheduler
 
 from erasure.methods.config import MethodConfig, option
 from erasure.methods.esd import esd_target, partial_generation
-from pipelines.conditioning import encode_prompts, is_sdxl
+from pipelines.conditioning import (
+    TextConditioning,
+    conditioning_from_ids,
+    encode_prompts,
+    noise_prediction,
+    text_encoders,
+    tokenizers,
+)
 from pipelines.diffusion import tokenize
-from pipelines.slots import SLOT, encode_with_slots, slot_ids
+from pipelines.slots import SLOT, SlotPrompts
 
 TextEncoderSet = Literal["text_encoder_full", "text_encoder_layer0"]
 
@@ -96,6 +103,10 @@ class AdvUnlearnConfig(MethodConfig):
             checkpoint_every=40,
         )
 
+    def with_steps(self, steps: int) -> AdvUnlearnConfig:
+        """The same schedule over `steps` iterations: the warm-up keeps its share of the run."""
+        return replace(self, steps=steps, warmup=round(steps * self.warmup / max(self.steps, 1)))
+
     def unet_passes(self) -> dict[str, float]:
         """Expected single-sample UNet passes: partial generations (two passes per step, guidance) and ESD's
         target for the concept, the attacks (the original's goal once, a forward and a backward per step), the
@@ -129,17 +140,21 @@ def text_encoder_parameters(text_encoder, which: str) -> dict[str, torch.nn.Para
 
 def run(pipeline, request, config: AdvUnlearnConfig, session):
     """Train AdvUnlearn on `pipeline` for `request`; returns a new pipeline sharing every component but the text
-    encoder."""
+    encoder(s): on SDXL both encoders train, and the prefix is one input embedding per encoder."""
     accelerator, device, gen = session.accelerator, session.device, session.generator
-    if is_sdxl(pipeline):
-        raise ValueError("AdvUnlearn trains the one text encoder of SD 1.x/2.x; it does not run on SDXL.")
 
-    # 1. Models: the UNet and the original text encoder frozen; a copy of the text encoder trains.
-    for module in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
+    # 1. Models: the UNet and the original text encoders frozen; a copy of each text encoder trains.
+    originals = text_encoders(pipeline)
+    for module in (pipeline.vae, *originals, pipeline.unet):
         module.requires_grad_(False).to(device)
     unet = pipeline.unet.eval()
-    encoder = copy.deepcopy(pipeline.text_encoder).train()
-    params = text_encoder_parameters(encoder, config.train_method)
+    encoders = [copy.deepcopy(e).train() for e in originals]
+    components = ["text_encoder", "text_encoder_2"][: len(encoders)]
+    params = {
+        f"{component}.{name}": p
+        for component, encoder in zip(components, encoders)
+        for name, p in text_encoder_parameters(encoder, config.train_method).items()
+    }
     for p in params.values():
         p.requires_grad_(True)
     sampler = DDIMScheduler.from_config(pipeline.scheduler.config)
@@ -148,30 +163,29 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
     # 2. Prompts: c (the concept's name, or the world captions), its prefixed form, the retain prompts.
     prompts = list(request.target_prompts) if config.use_request_prompts else list(request.concepts)
     retain = list(request.retain_prompts) or prompts
-    tokenizer = pipeline.tokenizer
-    plain_ids = tokenize(pipeline, prompts).input_ids
-    retain_ids = tokenize(pipeline, retain).input_ids
-    prefixed_ids, prefixed_mask = slot_ids(
-        tokenizer, [" ".join([SLOT] * config.attack_tokens + [p]) for p in prompts]
+    plain_ids = [tokenize(pipeline, prompts, t).input_ids for t in tokenizers(pipeline)]
+    retain_ids = [tokenize(pipeline, retain, t).input_ids for t in tokenizers(pipeline)]
+    prefixed = SlotPrompts(
+        pipeline, [" ".join([SLOT] * config.attack_tokens + [p]) for p in prompts], encoders
     )
     original_cond = encode_prompts(pipeline, prompts, device)
     original_retain = encode_prompts(pipeline, retain, device)
     uncond = encode_prompts(pipeline, [""], device)
-    weight = encoder.get_input_embeddings().weight.detach().float()
-    start = torch.randint(len(weight), (config.attack_tokens,), generator=gen, device=gen.device).cpu()
-    prefix = weight[start].to(device).clone()
+    vocabulary = encoders[0].get_input_embeddings().weight.shape[0]
+    start = torch.randint(vocabulary, (config.attack_tokens,), generator=gen, device=gen.device)
+    prefix = prefixed.token_vectors(start).to(device).clone()
 
-    def states(ids, rows, vectors=None):
-        """The trainable text encoder's hidden states of prompts `rows` of `ids`, the prefix slots filled with
+    def states(ids, rows, vectors=None) -> TextConditioning:
+        """The trainable text encoders' conditioning of prompts `rows` of `ids`, the prefix slots filled with
         `vectors` (for the prefixed prompts)."""
         rows = rows.cpu()
         if vectors is None:
-            return encoder(ids[rows].to(device))[0].float()
-        return encode_with_slots(encoder, ids[rows], prefixed_mask[rows], vectors).float()
+            return conditioning_from_ids(pipeline, [i[rows] for i in ids], encoders)
+        return prefixed.encode(vectors, rows)
 
     # 3. Optimizer (Adam, as the official script) and checkpoint state (the prefix included).
     optimizer = accelerator.prepare(torch.optim.Adam(list(params.values()), lr=config.learning_rate))
-    state = {f"text_encoder.{n}": p for n, p in params.items()}
+    state = dict(params)
     state["adversary.prefix"] = prefix
     session.track(state, {"text_encoder": optimizer})
 
@@ -186,13 +200,14 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
         attacking = step >= config.warmup
         if attacking and (step - config.warmup) % config.attack_every == 0:
             with torch.no_grad():
-                goal = unet(x_t, t, encoder_hidden_states=cond.hidden).sample.float()
+                goal = noise_prediction(unet, x_t, t, cond)
             vectors = prefix.clone().requires_grad_(True)
             attack_optimizer = torch.optim.Adam([vectors], lr=config.attack_lr)
-            encoder.requires_grad_(False)
+            for encoder in encoders:
+                encoder.requires_grad_(False)
             for _ in range(config.attack_steps):
-                pred = unet(x_t, t, encoder_hidden_states=states(prefixed_ids, k, vectors)).sample
-                attack_loss = F.mse_loss(pred.float(), goal)
+                pred = noise_prediction(unet, x_t, t, states(None, k, vectors))
+                attack_loss = F.mse_loss(pred, goal)
                 (vectors.grad,) = torch.autograd.grad(attack_loss, [vectors])
                 attack_optimizer.step()
             for p in params.values():
@@ -201,9 +216,9 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
             losses["attack"] = attack_loss.item()
 
         # Unlearning: the (prefixed) concept prompt through the trainable encoder -> ESD's target.
-        hidden = states(prefixed_ids, k, prefix) if attacking else states(plain_ids, k)
+        prompted = states(None, k, prefix) if attacking else states(plain_ids, k)
         with accelerator.autocast():
-            loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=hidden).sample.float(), target)
+            loss = F.mse_loss(noise_prediction(unet, x_t, t, prompted), target)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
@@ -215,9 +230,8 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
         with accelerator.autocast():
             x_r, t_r = partial_generation(unet, sampler, kept, uncond, config.sample_guidance, gen)
             with torch.no_grad():
-                goal_r = unet(x_r, t_r, encoder_hidden_states=kept.hidden).sample.float()
-            hidden_r = states(retain_ids, r)
-            retain_loss = F.mse_loss(unet(x_r, t_r, encoder_hidden_states=hidden_r).sample.float(), goal_r)
+                goal_r = noise_prediction(unet, x_r, t_r, kept)
+            retain_loss = F.mse_loss(noise_prediction(unet, x_r, t_r, states(retain_ids, r)), goal_r)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(retain_loss)
         optimizer.step()
@@ -225,5 +239,6 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
         losses["retain"] = retain_loss.item()
         session.end_step(step, losses)
 
-    encoder.requires_grad_(False).eval()
-    return type(pipeline).from_pipe(pipeline, text_encoder=encoder)
+    for encoder in encoders:
+        encoder.requires_grad_(False).eval()
+    return type(pipeline).from_pipe(pipeline, **dict(zip(components, encoders)))

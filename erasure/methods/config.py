@@ -24,6 +24,9 @@ class MethodConfig:
 
     method_name: ClassVar[str] = "method"
     has_steps: ClassVar[bool] = True  # False for a closed form: --steps is refused
+    # False when a run's steps are of several kinds with different costs (STEREO's erasing, inversion and REO):
+    # seconds per step (eval.cost) do not describe it.
+    uniform_steps: ClassVar[bool] = True
 
     steps: int = option(1000, "optimisation steps (iterations), warm-up included")
     checkpoint_every: int = option(

@@ -67,7 +67,7 @@ from erasure.methods.doco_parts import (
     clip_gradients,
     surgery,
 )
-from pipelines.conditioning import encode_prompts, is_sdxl, noise_prediction
+from pipelines.conditioning import encode_prompts, noise_prediction
 from pipelines.diffusion import diffusion_target
 
 
@@ -228,10 +228,6 @@ def run(pipeline, request, config: DoCoConfig, session):
         retain = AnchorData(pipeline, request, config, session, scheduler, config.num_retain_images)
     adversaries = None
     if config.robust:
-        if is_sdxl(pipeline):
-            raise ValueError(
-                "robust DoCo's inner attack edits one text encoder's tokens: it runs on SD 1.x/2.x."
-            )
         adversaries = AdversarialPrompts(
             pipeline, request, config.robust_attacks, config.robust_tokens, device, session.generator
         )
@@ -280,7 +276,7 @@ def run(pipeline, request, config: DoCoConfig, session):
                 unet,
                 teacher,
                 anchors,
-                target_emb.hidden,
+                target_emb,
                 config.robust_prompts,
                 config.robust_iterations,
                 config.robust_lr,
@@ -289,8 +285,7 @@ def run(pipeline, request, config: DoCoConfig, session):
         _, _, t, x_t, k = sample_batch()
         emb_target = target_emb[k]
         if adversaries is not None and update_unet:
-            mixed = adversaries.mix(target_emb.hidden, k, config.robust_share, session.generator)
-            emb_target = emb_target.with_hidden(mixed)
+            emb_target = adversaries.mix(target_emb, k, config.robust_share, session.generator)
         with torch.no_grad(), accelerator.autocast():
             eps_anchor = noise_prediction(teacher, x_t, t, anchor_emb[k])
         x0_anchor = predicted_x0(scheduler, eps_anchor, t, x_t)

@@ -39,9 +39,9 @@ from erasure.methods.base import (
 )
 from erasure.methods.config import AnchorImagesConfig, option
 from erasure.methods.esd import partial_generation
-from pipelines.conditioning import TextConditioning, encode_prompts, is_sdxl
+from pipelines.conditioning import TextConditioning, encode_prompts, noise_prediction
 from pipelines.diffusion import diffusion_target
-from pipelines.slots import encode_with_slots, slot_ids
+from pipelines.slots import SlotPrompts
 
 
 @dataclass
@@ -53,6 +53,7 @@ class STEREOConfig(AnchorImagesConfig):
     the concept's prompts (the official README generates 500). `STEREOConfig.canvas(kind)` gives canvas-sd's."""
 
     method_name: ClassVar[str] = "STEREO"
+    uniform_steps: ClassVar[bool] = False
 
     steps: int = option(
         1004, "session steps: rounds x (ste_steps + 1 inversion) + REO's iterations (the official 200)"
@@ -145,8 +146,6 @@ def compositional_target(e_uncond, e_negatives, e_anchor, guidance: float) -> to
 def run(pipeline, request, config: STEREOConfig, session):
     """Train STEREO on `pipeline` for `request`; returns a new pipeline sharing every component but the UNet."""
     accelerator, device, gen = session.accelerator, session.device, session.generator
-    if is_sdxl(pipeline):
-        raise ValueError("STEREO inverts tokens of SD 1.x/2.x's one text encoder; it does not run on SDXL.")
     if config.checkpoint_every:
         raise ValueError("STEREO runs its stages in one go: checkpoint_every must be 0.")
     original, unet, params = frozen_teacher_and_student(
@@ -160,20 +159,19 @@ def run(pipeline, request, config: STEREOConfig, session):
     prompts = list(request.target_prompts) if config.use_request_prompts else list(request.concepts)
     named = request.pair_concepts if config.use_request_prompts else request.concepts
     slotted = [adversarial_template(p, c, "inversion", 1) for p, c in zip(prompts, named)]
-    slot_prompt_ids, slot_mask = slot_ids(pipeline.tokenizer, slotted)
-    plain = encode_prompts(pipeline, prompts, device).hidden
-    uncond = encode_prompts(pipeline, [""], device).hidden
+    slot_prompts = SlotPrompts(pipeline, slotted)
+    plain = encode_prompts(pipeline, prompts, device)
+    uncond = encode_prompts(pipeline, [""], device)
     anchors = list(request.retain_prompts) or [""]
-    anchor_emb = encode_prompts(pipeline, anchors, device).hidden
-    table = pipeline.text_encoder.get_input_embeddings().weight.detach().float()
-    start = table[pipeline.tokenizer(config.initializer, add_special_tokens=False).input_ids[0]].to(device)
+    anchor_emb = encode_prompts(pipeline, anchors, device)
+    initializer = pipeline.tokenizer(config.initializer, add_special_tokens=False).input_ids[0]
+    start = slot_prompts.token_vectors(torch.tensor(initializer)).to(device)
     gallery = AnchorData(
         pipeline, replace(request, anchor_prompts=prompts, anchor_latents=None), config, session, noising
     )
 
-    def token_states(token: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.cpu()
-        return encode_with_slots(pipeline.text_encoder, slot_prompt_ids[rows], slot_mask[rows], token).float()
+    def token_states(token: torch.Tensor, rows: torch.Tensor) -> TextConditioning:
+        return slot_prompts.encode(token.unsqueeze(0), rows)
 
     def step_on(optimizer, loss):
         optimizer.zero_grad(set_to_none=True)
@@ -193,21 +191,12 @@ def run(pipeline, request, config: STEREOConfig, session):
             k = torch.randint(len(prompts), (config.batch_size,), generator=gen, device=gen.device)
             cond = plain[k.to(device)] if not tokens else token_states(tokens[-1], k)
             with accelerator.autocast():
-                x_t, t = partial_generation(
-                    unet,
-                    sampler,
-                    TextConditioning(cond),
-                    TextConditioning(uncond),
-                    config.sample_guidance,
-                    gen,
-                )
+                x_t, t = partial_generation(unet, sampler, cond, uncond, config.sample_guidance, gen)
                 with torch.no_grad():
-                    e_cond = teacher(x_t, t, encoder_hidden_states=cond).sample.float()
-                    e_uncond = teacher(
-                        x_t, t, encoder_hidden_states=uncond.expand(len(k), -1, -1)
-                    ).sample.float()
+                    e_cond = noise_prediction(teacher, x_t, t, cond)
+                    e_uncond = noise_prediction(teacher, x_t, t, uncond.expand(len(k)))
                 target = e_cond - (config.negative_guidance - 1) * (e_cond - e_uncond)
-                loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample.float(), target)
+                loss = F.mse_loss(noise_prediction(unet, x_t, t, cond), target)
             step_on(optimizer, loss)
             session.end_step(step, {"ste": loss.item(), "round": round_index})
             step += 1
@@ -220,7 +209,7 @@ def run(pipeline, request, config: STEREOConfig, session):
         for _ in range(config.inversion_steps):
             x0, noise, t, x_t, k = gallery.batch(config.inversion_batch, config.hflip)
             with accelerator.autocast():
-                pred = unet(x_t, t, encoder_hidden_states=token_states(token, k)).sample.float()
+                pred = noise_prediction(unet, x_t, t, token_states(token, k))
             loss = F.mse_loss(pred, diffusion_target(noising, x0, noise, t))
             (token.grad,) = torch.autograd.grad(loss, [token])
             inverter.step()
@@ -242,17 +231,13 @@ def run(pipeline, request, config: STEREOConfig, session):
         cond = negatives[i % len(erased)]
         a = torch.randint(len(anchors), (config.batch_size,), generator=gen, device=gen.device)
         with accelerator.autocast():
-            x_t, t = partial_generation(
-                unet, sampler, TextConditioning(cond), TextConditioning(uncond), config.sample_guidance, gen
-            )
+            x_t, t = partial_generation(unet, sampler, cond, uncond, config.sample_guidance, gen)
             with torch.no_grad():
-                e_uncond = original(
-                    x_t, t, encoder_hidden_states=uncond.expand(len(k), -1, -1)
-                ).sample.float()
-                e_negatives = [original(x_t, t, encoder_hidden_states=n).sample.float() for n in negatives]
-                e_anchor = original(x_t, t, encoder_hidden_states=anchor_emb[a.to(device)]).sample.float()
+                e_uncond = noise_prediction(original, x_t, t, uncond.expand(len(k)))
+                e_negatives = [noise_prediction(original, x_t, t, n) for n in negatives]
+                e_anchor = noise_prediction(original, x_t, t, anchor_emb[a.to(device)])
             target = compositional_target(e_uncond, e_negatives, e_anchor, config.compositional_guidance)
-            loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample.float(), target)
+            loss = F.mse_loss(noise_prediction(unet, x_t, t, cond), target)
         step_on(optimizer, loss)
         session.end_step(step, {"reo": loss.item()})
         step += 1

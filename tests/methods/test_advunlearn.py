@@ -114,3 +114,10 @@ def test_resume_matches_uninterrupted_run(tiny_pipeline, tiny_pipeline_dir, tmp_
     resumed = erase(fresh(tiny_pipeline_dir), "monet", checkpoint_dir=tmp_path, resume=True, **kwargs)
     assert resumed.delta.keys() == whole.delta.keys()
     assert all(torch.equal(whole.delta[n], resumed.delta[n]) for n in whole.delta)
+
+
+def test_with_steps_keeps_the_warm_ups_share():
+    """`--steps` and eval.cost's probes shorten the run, not the attack's share of it (as DoCo's warm-up)."""
+    paper = AdvUnlearnConfig()
+    assert (paper.with_steps(10).steps, paper.with_steps(10).warmup) == (10, 2)
+    assert paper.with_steps(2000).warmup == 400

@@ -53,7 +53,7 @@ def test_inner_attack_finds_the_concept_before_the_update_and_less_after(tiny_pi
     teacher, student, _ = frozen_teacher_and_student(tiny_pipeline, "cpu")
     scheduler = DDPMScheduler.from_config(tiny_pipeline.scheduler.config)
     anchors = AnchorData(tiny_pipeline, request, config, session, scheduler)
-    target_emb = encode_prompts(tiny_pipeline, request.target_prompts, "cpu").hidden
+    target_emb = encode_prompts(tiny_pipeline, request.target_prompts, "cpu")
     adversaries = AdversarialPrompts(tiny_pipeline, request, ["soft"], 3, "cpu", session.generator)
 
     session.generator.manual_seed(7)
