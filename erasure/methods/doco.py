@@ -19,7 +19,9 @@ that the request's retain prompts (the other concepts' captions) produce: per pr
 C the retain prompts' token embeddings, L_r = |(W - W0) C|^2 / |W0 C|^2, whose gradient 2 (W - W0) C^T C / |W0 C|^2
 is added, times `retain_weight`, to every update. Every other prompt token's keys and values then stay near the
 original's, and with them the UNet's output for other concepts: the shared K/V drift that otherwise shows up as
-lower IRA/CRA and a larger FD on the rest of the world.
+lower IRA/CRA and a larger FD on the rest of the world. In a chain (an erasure on top of an earlier one),
+`hold_erased` > 0 adds the same spring, with its own weight, on the captions of the concepts erased before: their
+keys and values stay where the earlier erasure put them, so the new erasure does not bring them back.
 
 Robust DoCo (`robust=True`; not in the paper): every `robust_every` UNet updates, an inner attack
 (erasure/methods/adversaries.py) finds soft-prompt and inverted-token embeddings that make the current UNet draw
@@ -98,6 +100,9 @@ class DoCoConfig(AnchorImagesConfig):
     )
     retain_weight: float = option(
         0.0, "weight of the key/value retain spring (0 = off, as the official code)"
+    )
+    hold_erased: float = option(
+        0.0, "weight of a second spring on the captions of concepts erased before (chains; 0 = off)"
     )
     adversarial: bool = option(
         True, "False: noise matching to the teacher instead of the discriminator (ablation)"
@@ -224,6 +229,9 @@ def run(pipeline, request, config: DoCoConfig, session):
         retain_emb = encode_prompts(pipeline, request.retain_prompts, device)
     if use_spring:
         spring = RetainSpring(kv, retain_emb.hidden)
+    held = None
+    if config.hold_erased > 0 and request.erased_prompts and kv:
+        held = RetainSpring(kv, encode_prompts(pipeline, request.erased_prompts, device).hidden)
     if config.retain_distill > 0 and request.retain_prompts:
         retain = AnchorData(pipeline, request, config, session, scheduler, config.num_retain_images)
     adversaries = None
@@ -320,13 +328,16 @@ def run(pipeline, request, config: DoCoConfig, session):
                     clip_gradients(g_b, config.max_grad_norm),
                 )
                 update = [surgery(a, b, config.surgery, config.surgery_lambda) for a, b in zip(g_a, g_b)]
-            if spring is not None:
-                pull = spring.gradients(params)
-                update = [
-                    u + config.retain_weight * pull[n].to(u.dtype) if n in pull else u
-                    for n, u in zip(params, update)
-                ]
-                losses["retain"] = spring.loss(params)
+            for name, each, weight in (
+                ("retain", spring, config.retain_weight),
+                ("held", held, config.hold_erased),
+            ):
+                if each is not None:
+                    pull = each.gradients(params)
+                    update = [
+                        u + weight * pull[n].to(u.dtype) if n in pull else u for n, u in zip(params, update)
+                    ]
+                    losses[name] = each.loss(params)
             if retain is not None:
                 _, _, t_r, x_r, k_r = retain.batch(config.batch_size, config.hflip)
                 with torch.no_grad(), accelerator.autocast():

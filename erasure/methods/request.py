@@ -28,7 +28,8 @@ class ErasureRequest:
     `target_prompts[i]` and `anchor_prompts[i]` are a pair: the same caption with a concept, and with its anchor;
     `pair_concepts[i]` names the concept that pair erases (the pairs of every concept, one concept after another).
     `retain_prompts` name what must not change: the captions of the concepts of the same kind that are not erased
-    here. `anchor_latents`, when given, replaces anchor generation: (N, C, h, w) scaled latents, latent i paired
+    here. `erased_prompts` are the captions of the concepts an earlier erasure removed (Canvas world; empty on a
+    real model, whose earlier concepts' prompts are not known here): what a later erasure must keep erased. `anchor_latents`, when given, replaces anchor generation: (N, C, h, w) scaled latents, latent i paired
     with prompt pair i % len(pairs) (used by tests and by callers that cache anchor images).
     """
 
@@ -41,6 +42,7 @@ class ErasureRequest:
     retain_prompts: list[str] = field(default_factory=list)
     canvas: bool = False
     anchor_latents: torch.Tensor | None = None
+    erased_prompts: list[str] = field(default_factory=list)
 
 
 def build_request(
@@ -89,8 +91,9 @@ def build_request(
         anchor_prompts += p
         pair_concepts += [c] * len(t)
     retain = canvas_retain_prompts(names, kind) if canvas else template_retain_prompts(names, kind)
+    erased = [p for c in erased_before for p in canvas_concept_captions(c)] if canvas else []
     return ErasureRequest(
-        names, kind, anchors, targets, anchor_prompts, pair_concepts, retain, canvas, anchor_latents
+        names, kind, anchors, targets, anchor_prompts, pair_concepts, retain, canvas, anchor_latents, erased
     )
 
 
@@ -175,6 +178,15 @@ def canvas_prompt_pairs(concept: str, kind: str, anchor: str) -> tuple[list[str]
                 targets.append(world.caption(style, concept, j))
                 anchors.append(world.caption(style, anchor, j))
     return targets, anchors
+
+
+def canvas_concept_captions(concept: str) -> list[str]:
+    """Every world caption that names `concept` (a style with every object, or an object in every style)."""
+    name, kind = world.canonical(concept)
+    templates = range(len(world.STYLE_TEMPLATES))
+    if kind == "style":
+        return [world.caption(name, o, j) for o in world.OBJECTS for j in templates]
+    return [world.caption(s, name, j) for s in world.STYLES for j in templates]
 
 
 def canvas_retain_prompts(concepts: list[str], kind: str) -> list[str]:

@@ -108,3 +108,43 @@ def test_per_concept_discriminator_heads(tiny_pipeline):
     config = {**TINY_DOCO, "num_anchor_images": 8, "discriminator_per_concept": True}
     result = erase(tiny_pipeline, ["van gogh", "monet"], config=config, progress=False)
     assert result.delta and result.config["discriminator_per_concept"] is True
+
+
+def test_a_later_erasure_holds_the_earlier_ones_with_hold_erased(tiny_pipeline, tiny_pipeline_dir):
+    """A chain's request carries the captions of the concepts erased before; DoCo's `hold_erased` spring keeps
+    their keys and values where the first erasure left them (less drift than without it). (Whether the later
+    concept is still erased cannot be read on the tiny model, whose random encoder gives every caption nearly the
+    same states; docs/scale.md measures it on canvas-sd.)"""
+    from erasure.methods.base import cross_attention_kv
+
+    latents, _, _ = fixed_batch(tiny_pipeline)
+    first = erase(
+        tiny_pipeline, "van gogh", method="ca", config=TINY_CA, anchor_latents=latents, progress=False
+    )
+    request = build_request(first.pipeline, "monet", erased_before=["van gogh"])
+    assert request.erased_prompts and all("van gogh" in p for p in request.erased_prompts)
+    assert not build_request(first.pipeline, "monet").erased_prompts
+    held_states = encode_prompts(first.pipeline, request.erased_prompts, "cpu").hidden
+    kv_first = {n: w.detach().clone() for n, w in cross_attention_kv(first.pipeline.unet).items()}
+
+    def drift(hold: float) -> float:
+        """How far the later erasure moves the earlier concept's keys and values, with `hold_erased` = hold."""
+        config = {**CONFIGS["doco"], "hold_erased": hold}
+        later = erase(
+            first.pipeline,
+            "monet",
+            method="doco",
+            config=config,
+            anchor_latents=latents,
+            erased_before=["van gogh"],
+            progress=False,
+        )
+        after = cross_attention_kv(later.pipeline.unet)
+        moved = sum(
+            float(((after[n].detach() - w0) @ held_states.reshape(-1, w0.shape[1]).T).norm())
+            for n, w0 in kv_first.items()
+        )
+        return moved
+
+    held, free = drift(100.0), drift(0.0)
+    assert held < 0.5 * free
