@@ -175,13 +175,9 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
     start = torch.randint(vocabulary, (config.attack_tokens,), generator=gen, device=gen.device)
     prefix = prefixed.token_vectors(start).to(device).clone()
 
-    def states(ids, rows, vectors=None) -> TextConditioning:
-        """The trainable text encoders' conditioning of prompts `rows` of `ids`, the prefix slots filled with
-        `vectors` (for the prefixed prompts)."""
-        rows = rows.cpu()
-        if vectors is None:
-            return conditioning_from_ids(pipeline, [i[rows] for i in ids], encoders)
-        return prefixed.encode(vectors, rows)
+    def states(ids, rows) -> TextConditioning:
+        """The trainable text encoders' conditioning of prompts `rows` of `ids` (one id tensor per tokenizer)."""
+        return conditioning_from_ids(pipeline, [i[rows.cpu()] for i in ids], encoders)
 
     # 3. Optimizer (Adam, as the official script) and checkpoint state (the prefix included).
     optimizer = accelerator.prepare(torch.optim.Adam(list(params.values()), lr=config.learning_rate))
@@ -206,7 +202,7 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
             for encoder in encoders:
                 encoder.requires_grad_(False)
             for _ in range(config.attack_steps):
-                pred = noise_prediction(unet, x_t, t, states(None, k, vectors))
+                pred = noise_prediction(unet, x_t, t, prefixed.encode(vectors, k))
                 attack_loss = F.mse_loss(pred, goal)
                 (vectors.grad,) = torch.autograd.grad(attack_loss, [vectors])
                 attack_optimizer.step()
@@ -216,7 +212,7 @@ def run(pipeline, request, config: AdvUnlearnConfig, session):
             losses["attack"] = attack_loss.item()
 
         # Unlearning: the (prefixed) concept prompt through the trainable encoder -> ESD's target.
-        prompted = states(None, k, prefix) if attacking else states(plain_ids, k)
+        prompted = prefixed.encode(prefix, k) if attacking else states(plain_ids, k)
         with accelerator.autocast():
             loss = F.mse_loss(noise_prediction(unet, x_t, t, prompted), target)
         optimizer.zero_grad(set_to_none=True)
