@@ -42,6 +42,10 @@ class UsageError(Exception):
     """A user mistake: printed as one sentence, exit code 2."""
 
 
+class TrainingFailed(Exception):
+    """An erasure that stopped on its divergence guard: printed as one sentence with what to do, exit code 1."""
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m erasure.run", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -233,7 +237,7 @@ def run(args) -> Path:
         return run_canvas_gan(args)
     import torch
 
-    from erasure.engine import erase
+    from erasure.engine import ErasureDiverged, erase
     from pipelines.delta import META_FILE, save_delta
     from pipelines.loading import PipelineLoadError, load_pipeline
     from pipelines.lora import export_lora
@@ -270,6 +274,11 @@ def run(args) -> Path:
             )
         except ValueError as err:  # what the request refuses: a kind for an unknown concept, an anchor, ...
             raise UsageError(str(err)) from None
+        except ErasureDiverged as err:
+            raise TrainingFailed(
+                f"{err} Nothing was written; the last checkpoint is kept for --resume. A lower learning rate "
+                "(--config learning_rate=...) avoids it; --config divergence_factor=0 stops on NaN/inf only."
+            ) from None
         erased = results[-1].pipeline
 
     with atomic_folder(out) as tmp:
@@ -357,6 +366,9 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     from eval.report import format_numbers
 
     metrics = json.loads((out / "metrics.json").read_text())

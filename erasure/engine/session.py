@@ -104,14 +104,16 @@ class TrainingRun:
     def end_step(self, step: int, losses: dict[str, float]) -> None:
         """Call after step `step` (0-based) finished; raises ErasureDiverged on a bad loss."""
         for name, value in losses.items():
-            if not math.isfinite(value):
-                raise ErasureDiverged(f"{self.identity['method']} diverged at step {step}: {name} = {value}.")
             ema = self.ema.get(name)
-            if self.factor and ema is not None and value > 1.0 and value > self.factor * max(ema, 1e-3):
-                raise ErasureDiverged(
-                    f"{self.identity['method']} diverged at step {step}: {name} = {value:.4g}, "
-                    f"more than {self.factor:g}x its running mean {ema:.4g}."
-                )
+            problem = None
+            if not math.isfinite(value):
+                problem = f"{name} = {value}."
+            elif self.factor and ema is not None and value > 1.0 and value > self.factor * max(ema, 1e-3):
+                problem = f"{name} = {value:.4g}, more than {self.factor:g}x its running mean {ema:.4g}."
+            if problem:
+                if self.bar is not None:
+                    self.bar.close()
+                raise ErasureDiverged(f"{self.identity['method']} diverged at step {step}: {problem}")
             self.ema[name] = value if ema is None else 0.9 * ema + 0.1 * value
         self.history.append({"step": step, **{k: round(v, 6) for k, v in losses.items()}})
         if self.bar is not None:

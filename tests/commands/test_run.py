@@ -143,3 +143,22 @@ def test_several_concepts_in_one_run_or_one_after_another(tiny_pipeline_dir, tmp
         runs[mode] = json.loads((out / "erasure.json").read_text())["erasures"]
     assert [e["concepts"] for e in runs["together"]] == [["van gogh", "monet"]]
     assert [e["concepts"] for e in runs["sequential"]] == [["van gogh"], ["monet"]]
+
+
+def test_a_run_that_diverges_says_so_in_one_sentence_and_writes_nothing(tiny_pipeline_dir, tmp_path, capsys):
+    """The divergence guard (here set to trip at any rise of a loss above 1) ends the command with exit code 1, one
+    sentence saying what to do, and no output folder."""
+    out = tmp_path / "run"
+    argv = ["--concept", "van gogh", "--model", str(tiny_pipeline_dir), "--out", str(out), "--no-eval"]
+    tiny = [
+        "num_anchor_images=4",
+        "anchor_steps=2",
+        "anchor_batch=4",
+        "batch_size=2",
+        "divergence_factor=1.0001",
+    ]
+    argv += ["--steps", "30", *(arg for field in tiny for arg in ("--config", field))]
+    assert cli.main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "diverged at step" in errors[0] and "--resume" in errors[0]
+    assert not out.exists()
