@@ -51,6 +51,9 @@ class TextConditioning:
     def _parts(self):
         return self.hidden, self.pooled, self.time_ids
 
+    def to(self, device) -> TextConditioning:
+        return TextConditioning(*(None if x is None else x.to(device) for x in self._parts()))
+
     def expand(self, rows: int) -> TextConditioning:
         """One row (the empty prompt's) repeated `rows` times."""
         return TextConditioning(*(None if x is None else x.expand(rows, *x.shape[1:]) for x in self._parts()))
@@ -113,8 +116,7 @@ def encode_prompts(pipeline, prompts: list[str], device) -> TextConditioning:
         chunk = prompts[i : i + ENCODE_BATCH]
         ids = [tokenize(pipeline, chunk, tokenizer).input_ids for tokenizer in tokenizers(pipeline)]
         parts.append(conditioning_from_ids(pipeline, ids))
-    cond = TextConditioning.cat(parts)
-    cond = TextConditioning(*(None if x is None else x.to(device) for x in cond._parts()))
+    cond = TextConditioning.cat(parts).to(device)
     if is_sdxl(pipeline) and getattr(pipeline.config, "force_zeros_for_empty_prompt", False):
         empty = torch.tensor([p == "" for p in prompts], device=cond.hidden.device)
         cond.hidden = torch.where(empty.view(-1, 1, 1), torch.zeros_like(cond.hidden), cond.hidden)

@@ -29,8 +29,9 @@ class ErasureRequest:
     `pair_concepts[i]` names the concept that pair erases (the pairs of every concept, one concept after another).
     `retain_prompts` name what must not change: the captions of the concepts of the same kind that are not erased
     here. `erased_prompts` are the captions of the concepts an earlier erasure removed (Canvas world; empty on a
-    real model, whose earlier concepts' prompts are not known here): what a later erasure must keep erased. `anchor_latents`, when given, replaces anchor generation: (N, C, h, w) scaled latents, latent i paired
-    with prompt pair i % len(pairs) (used by tests and by callers that cache anchor images).
+    real model, whose earlier concepts' prompts are not known here): what a later erasure must keep erased.
+    `anchor_latents`, when given, replaces anchor generation: (N, C, h, w) scaled latents, latent i paired with
+    prompt pair i % len(pairs) (used by tests and by callers that cache anchor images).
     """
 
     concepts: list[str]
