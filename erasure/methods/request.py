@@ -92,7 +92,9 @@ def build_request(
         anchor_prompts += p
         pair_concepts += [c] * len(t)
     retain = canvas_retain_prompts(names, kind) if canvas else template_retain_prompts(names, kind)
-    erased = [p for c in erased_before for p in canvas_concept_captions(c)] if canvas else []
+    erased = (
+        [p for c in erased_before for p in canvas_concept_captions(*world.canonical(c))] if canvas else []
+    )
     return ErasureRequest(
         names, kind, anchors, targets, anchor_prompts, pair_concepts, retain, canvas, anchor_latents, erased
     )
@@ -181,9 +183,9 @@ def canvas_prompt_pairs(concept: str, kind: str, anchor: str) -> tuple[list[str]
     return targets, anchors
 
 
-def canvas_concept_captions(concept: str) -> list[str]:
-    """Every world caption that names `concept` (a style with every object, or an object in every style)."""
-    name, kind = world.canonical(concept)
+def canvas_concept_captions(name: str, kind: str) -> list[str]:
+    """Every world caption that names `name` (a style of `kind` 'style' with every object, or an object in every
+    style)."""
     templates = range(len(world.STYLE_TEMPLATES))
     if kind == "style":
         return [world.caption(name, o, j) for o in world.OBJECTS for j in templates]
@@ -193,22 +195,8 @@ def canvas_concept_captions(concept: str) -> list[str]:
 def canvas_retain_prompts(concepts: list[str], kind: str) -> list[str]:
     """Every world caption of the concepts of `kind` not in `concepts` (the anchors' included): what erasure must
     leave be."""
-    templates = range(len(world.STYLE_TEMPLATES))
-    if kind == "style":
-        return [
-            world.caption(s, o, j)
-            for s in world.STYLES
-            if s not in concepts
-            for o in world.OBJECTS
-            for j in templates
-        ]
-    return [
-        world.caption(s, o, j)
-        for o in world.OBJECTS
-        if o not in concepts
-        for s in world.STYLES
-        for j in templates
-    ]
+    names = world.STYLES if kind == "style" else world.OBJECTS
+    return [p for c in names if c not in concepts for p in canvas_concept_captions(c, kind)]
 
 
 def template_retain_prompts(concepts: list[str], kind: str) -> list[str]:
