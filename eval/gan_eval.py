@@ -98,6 +98,53 @@ def judged_stats(images: torch.Tensor, judges: Judges, real_features: torch.Tens
     return stats
 
 
+CONFIDENT = 0.9  # the object judge's top probability above which a sample counts as clearly one object
+
+
+@torch.no_grad()
+def object_clarity(images: torch.Tensor, judges: Judges, batch: int = 500) -> dict:
+    """How unambiguous a generator's objects are, read by two independent judges.
+
+    object_confident: share of images whose object-judge top softmax probability is at least CONFIDENT.
+    object_judges_agree / style_judges_agree: share of images where the object (style) judge's top-1 equals the
+    object (style) of judge-clip's best (style, object) pair among all world_prompt texts (as eval.judges.check
+    scores judge-clip zero-shot). A sample that two classifiers trained apart read differently is ambiguous.
+    """
+    texts = [world_prompt(s, o) for s in STYLES for o in OBJECTS]
+    text_emb = judges.clip_text(texts)
+    confident = agree_object = agree_style = 0
+    for x in images.split(batch):
+        x = x.to(judges.device)
+        p_object = judges.object(x).softmax(-1)
+        judge_objects = p_object.argmax(-1)
+        judge_styles = judges.style(x).argmax(-1)
+        best_pair = (judges.clip_image(x) @ text_emb.T).argmax(-1)
+        confident += int((p_object.max(-1).values >= CONFIDENT).sum())
+        agree_object += int((best_pair % len(OBJECTS) == judge_objects).sum())
+        agree_style += int((best_pair // len(OBJECTS) == judge_styles).sum())
+    n = len(images)
+    return {
+        "object_confident": confident / n,
+        "object_judges_agree": agree_object / n,
+        "style_judges_agree": agree_style / n,
+    }
+
+
+@torch.no_grad()
+def latent_class_agreement(
+    generator: Generator, z: torch.Tensor, images: torch.Tensor, judges: Judges
+) -> dict:
+    """For a generator whose z picks a style and an object (GeneratorConfig.latent_classes): the share of `images`
+    (drawn from `z`) whose top-1 style / object judge verdict is the style / object that z picked."""
+    picked = generator.latent_classes(z.to(next(generator.parameters()).device)).cpu()
+    styles, objects = judges.predict(images)
+    n = len(images)
+    return {
+        "style_is_latent": sum(STYLES[int(i)] == s for i, s in zip(picked[:, 0], styles)) / n,
+        "object_is_latent": sum(OBJECTS[int(i)] == o for i, o in zip(picked[:, 1], objects)) / n,
+    }
+
+
 def describe(stats: dict) -> str:
     """One line for `judged_stats`: class shares relative to uniform, FD, missing classes."""
     text = (
@@ -106,6 +153,10 @@ def describe(stats: dict) -> str:
     )
     if "fd" in stats:
         text += f", FD {stats['fd']:.1f}"
+    if "object_confident" in stats:
+        text += f", objects confident {stats['object_confident']:.0%}, judges agree {stats['object_judges_agree']:.0%}"
+    if "object_is_latent" in stats:
+        text += f", judged as z's pick: style {stats['style_is_latent']:.0%} object {stats['object_is_latent']:.0%}"
     return text + (f", missing: {', '.join(stats['missing'])}" if stats["missing"] else "")
 
 

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from erasure.canvas.data import render_pool, to_tensor
-from eval.gan_eval import MONITOR_REAL_SEEDS, fixed_latents, judged_stats, sample
+from eval.gan_eval import CONFIDENT, MONITOR_REAL_SEEDS, fixed_latents, judged_stats, object_clarity, sample
 from eval.judges.models import load_judges
 from pipelines.stylegan import CANVAS_GAN, load_generator
 
@@ -26,6 +26,10 @@ DEFINITIONS = {
     "style_ratio_min/max": "smallest / largest style share x 13 (1 = uniform over the 13 styles, plain included)",
     "object_ratio_min/max": "smallest / largest object share x 10 (1 = uniform over the 10 objects)",
     "fd": "Frechet distance of the style and object judges' penultimate features, n samples vs 520 held-out renders",
+    "object_confident": f"share of the n samples whose object-judge top softmax probability is >= {CONFIDENT}",
+    "object_judges_agree": "share of the n samples where the object judge's top-1 is the object of judge-clip's best "
+    "(style, object) pair (zero-shot over all 130 world_prompt texts, as eval.judges.check)",
+    "style_judges_agree": "the same for the style judge and the style of judge-clip's best pair",
     "samples": "n images from fixed latents z ~ N(0, I) drawn with torch seed `seed`, const noise",
 }
 
@@ -34,7 +38,7 @@ def gan_quality(generator, judges, n: int, seed: int) -> dict:
     images = sample(generator, fixed_latents(generator, n, seed))
     real = judges.features(to_tensor(render_pool(MONITOR_REAL_SEEDS)[0])).cpu()
     stats = judged_stats(images, judges, real)
-    return {**stats, "seed": seed, "definitions": DEFINITIONS}
+    return {**stats, **object_clarity(images, judges), "seed": seed, "definitions": DEFINITIONS}
 
 
 def main(argv=None) -> int:

@@ -54,9 +54,15 @@ class GeneratorConfig:
     resolution: int = 32  # output size; the synthesis network starts at 4x4 and doubles up to it
     channels: tuple[int, ...] = (64, 64, 32, 32)  # feature channels at 4, 8, 16, 32 px
     img_channels: int = 3
+    # sizes of the discrete factors that z's first coordinates pick (e.g. (13, 10): a style and an object);
+    # () = none. The generator stays z -> image: see MappingNetwork.latent_classes.
+    latent_classes: tuple[int, ...] = ()
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
+        self.latent_classes = tuple(int(c) for c in self.latent_classes)
+        if len(self.latent_classes) > self.z_dim:
+            raise ValueError("latent_classes needs one coordinate of z per factor.")
         if len(self.channels) != len(resolutions(self.resolution)):
             raise ValueError(f"need one channel count per resolution {resolutions(self.resolution)}.")
 
@@ -74,10 +80,13 @@ class DiscriminatorConfig:
     img_channels: int = 3
     # auxiliary classifier heads, e.g. (13, 10) for styles and objects; () = none
     class_counts: tuple[int, ...] = ()
+    # classes the real/fake logit is conditioned on (projection discriminator); () = unconditional
+    condition_counts: tuple[int, ...] = ()
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
         self.class_counts = tuple(int(c) for c in self.class_counts)
+        self.condition_counts = tuple(int(c) for c in self.condition_counts)
         if len(self.channels) != len(resolutions(self.resolution)):
             raise ValueError(f"need one channel count per resolution {resolutions(self.resolution)[::-1]}.")
 
@@ -192,20 +201,45 @@ class ToRGB(nn.Module):
         return y + self.bias[None, :, None, None]
 
 
-class MappingNetwork(nn.Module):
-    """z -> w: normalise z's second moment, then `layers` lrelu FC layers at the lr multiplier; tracks w_avg."""
+def _normalize_2nd_moment(x):
+    return x * torch.rsqrt(x.square().mean(1, keepdim=True) + 1e-8)
 
-    def __init__(self, z_dim, w_dim, layers, lr_mul, w_avg_beta=0.995):
+
+class MappingNetwork(nn.Module):
+    """z -> w: normalise z's second moment, then `layers` lrelu FC layers at the lr multiplier; tracks w_avg.
+
+    With `latent_classes`, z also picks one class per discrete factor (`latent_classes(z)`), whose embedding is
+    normalised and concatenated to z before the layers, as StyleGAN2-ADA embeds a conditioning label. The label is
+    a function of z, so the generator is still a sampler of z alone: a mixture with one component per class
+    combination, each drawn with equal probability.
+    """
+
+    def __init__(self, z_dim, w_dim, layers, lr_mul, w_avg_beta=0.995, latent_classes=()):
         super().__init__()
-        dims = [z_dim] + [w_dim] * layers
+        self.class_counts = tuple(latent_classes)
+        self.embed = EqualLinear(sum(self.class_counts), z_dim) if self.class_counts else None
+        dims = [z_dim * (2 if self.class_counts else 1)] + [w_dim] * layers
         self.fc = nn.ModuleList(
             EqualLinear(a, b, lr_mul=lr_mul, activation=True) for a, b in itertools.pairwise(dims)
         )
         self.register_buffer("w_avg", torch.zeros(w_dim))
         self.w_avg_beta = w_avg_beta
 
+    def latent_classes(self, z) -> torch.Tensor:
+        """(N, factors) class indices: factor g's class is floor(Phi(z[:, g]) * count_g), Phi the standard normal
+        CDF, so each class has probability 1 / count_g under z ~ N(0, I) and the factors are independent."""
+        counts = torch.tensor(self.class_counts, device=z.device)
+        uniform = 0.5 * (1 + torch.erf(z[:, : len(counts)] / SQRT2))
+        return torch.minimum((uniform * counts).long(), counts - 1)
+
+    def one_hot(self, labels) -> torch.Tensor:
+        """(N, factors) indices -> the factors' one-hot vectors side by side (N, sum of counts)."""
+        return torch.cat([F.one_hot(labels[:, g], c).float() for g, c in enumerate(self.class_counts)], dim=1)
+
     def forward(self, z, truncation_psi=1.0):
-        x = z * torch.rsqrt(z.square().mean(1, keepdim=True) + 1e-8)
+        x = _normalize_2nd_moment(z)
+        if self.embed is not None:
+            x = torch.cat([x, _normalize_2nd_moment(self.embed(self.one_hot(self.latent_classes(z))))], 1)
         for layer in self.fc:
             x = layer(x)
         if self.training:
@@ -254,8 +288,18 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config or GeneratorConfig()
         c = self.config
-        self.mapping = MappingNetwork(c.z_dim, c.w_dim, c.mapping_layers, c.mapping_lr_mul)
+        self.mapping = MappingNetwork(
+            c.z_dim, c.w_dim, c.mapping_layers, c.mapping_lr_mul, latent_classes=c.latent_classes
+        )
         self.synthesis = SynthesisNetwork(c)
+
+    def latent_classes(self, z) -> torch.Tensor:
+        """The classes z picks (MappingNetwork.latent_classes); only for a generator with latent_classes."""
+        if not self.config.latent_classes:
+            raise ValueError(
+                "this generator has no latent classes (GeneratorConfig.latent_classes is empty)."
+            )
+        return self.mapping.latent_classes(z)
 
     def forward(self, z, truncation_psi=1.0, noise_mode="random"):
         return self.synthesis(self.mapping(z, truncation_psi), noise_mode)
@@ -265,8 +309,10 @@ class Discriminator(nn.Module):
     """ResNet discriminator (StyleGAN2's 'resnet' D): fromRGB, residual down blocks to 4x4, minibatch std, 2 FCs.
 
     With `class_counts`, a linear head on the same features also predicts one label per group (AC-GAN's auxiliary
-    classifier, Odena et al. 2017). The generator stays unconditional: train_gan fits the head on real images'
-    labels and asks the generator's samples to be confidently and evenly spread over the head's classes.
+    classifier, Odena et al. 2017); train_gan fits it on the real images' labels. With `condition_counts`, the
+    real/fake logit is conditioned on labels by projection (Miyato & Koyama, ICLR 2018): the labels' embedding
+    dotted with the features, scaled by 1 / sqrt(features), is added to the logit, so D judges whether an image is
+    a real one *of those classes* (train_gan gives a fake the classes its latent picked).
     """
 
     def __init__(self, config: DiscriminatorConfig | None = None):
@@ -289,6 +335,7 @@ class Discriminator(nn.Module):
         self.fc = EqualLinear(ch[-1] * 16, ch[-1], activation=True)
         self.out = EqualLinear(ch[-1], 1)
         self.classify = EqualLinear(ch[-1], sum(c.class_counts)) if c.class_counts else None
+        self.project = EqualLinear(sum(c.condition_counts), ch[-1]) if c.condition_counts else None
 
     def minibatch_std(self, x):
         n, c, h, w = x.shape
@@ -306,11 +353,22 @@ class Discriminator(nn.Module):
             x = (block["skip"](x) + block["conv1"](block["conv0"](x))) / SQRT2
         return self.fc(self.conv(self.minibatch_std(x)).flatten(1))
 
-    def forward(self, images):
-        """Real-vs-fake logits (N,)."""
-        return self.out(self.features(images)).squeeze(1)
+    def _logits(self, features, labels):
+        logits = self.out(features).squeeze(1)
+        if self.project is None:
+            return logits
+        if labels is None:
+            raise ValueError("this discriminator is conditional (condition_counts): pass the images' labels.")
+        one_hot = torch.cat(
+            [F.one_hot(labels[:, g], c).float() for g, c in enumerate(self.config.condition_counts)], dim=1
+        )
+        return logits + (features * self.project(one_hot)).sum(1) / math.sqrt(features.shape[1])
 
-    def forward_with_classes(self, images) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, images, labels=None):
+        """Real-vs-fake logits (N,); `labels` (N, factors) class indices for a conditional discriminator."""
+        return self._logits(self.features(images), labels)
+
+    def forward_with_classes(self, images, labels=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Real-vs-fake logits (N,) and one (N, count) logit block per entry of `class_counts`."""
         if self.classify is None:
             raise ValueError(
@@ -318,7 +376,7 @@ class Discriminator(nn.Module):
             )
         features = self.features(images)
         groups = list(self.classify(features).split(list(self.config.class_counts), dim=1))
-        return self.out(features).squeeze(1), groups
+        return self._logits(features, labels), groups
 
 
 # --- files -----------------------------------------------------------------------------------------------------

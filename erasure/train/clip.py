@@ -36,6 +36,7 @@ from erasure.canvas.tokenizer import MAX_LENGTH, build_tokenizer
 from erasure.canvas.world import OBJECTS, STYLES, random_caption
 from erasure.files import ASSETS, atomic_folder
 from pipelines.canvas_clip import IMAGE_MEAN, IMAGE_STD, CanvasClip
+from pipelines.stylegan import load_generator, to_unit
 
 TRAIN_SEEDS = range(100, 160)
 IMAGE_TOWER_SEEDS = range(100, 400)  # the second stage's renders: 300 seeds x 130 pairs
@@ -47,6 +48,9 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
 )
 AFFINE_PROB = 0.7  # share of the second stage's batches that also get `random_affine`
+GAN_POOL_SEED = (
+    2_000_000  # the second stage's canvas-gan latents: apart from evaluation's and the unlearner's
+)
 
 
 def canvas_clip_config(vocab_size: int, bos_id: int, eos_id: int) -> CLIPConfig:
@@ -90,11 +94,38 @@ def pixel_values(images: torch.Tensor) -> torch.Tensor:
     return (images - IMAGE_MEAN) / IMAGE_STD
 
 
+@torch.no_grad()
+def generator_pool(directory: Path, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`n` samples in [0, 1] of a canvas-gan whose z picks a style and an object (GeneratorConfig.latent_classes),
+    const noise, latents from torch seed `seed`; with the picked style and object indices as their labels."""
+    generator = load_generator(directory)
+    if generator.config.latent_classes != (len(STYLES), len(OBJECTS)):
+        raise SystemExit(f"{directory} is not a canvas-gan whose latent picks a style and an object.")
+    z = torch.randn(n, generator.config.z_dim, generator=torch.Generator().manual_seed(seed))
+    picked = generator.latent_classes(z)
+    images = torch.cat([to_unit(generator(x, noise_mode="const")) for x in z.split(500)])
+    return images, picked[:, 0], picked[:, 1]
+
+
 def tune_image_tower(
-    source: Path, work: Path, steps: int, batch: int, lr: float, seed: int, seeds=IMAGE_TOWER_SEEDS
+    source: Path,
+    work: Path,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    seeds=IMAGE_TOWER_SEEDS,
+    gan: Path | None = None,
+    gan_samples: int = 0,
+    gan_share: float = 0.0,
 ) -> None:
     """Second stage: train `source`'s image tower (vision model and projection) against its frozen text tower and
-    save the whole model, with the tokenizer, to `work`."""
+    save the whole model, with the tokenizer, to `work`.
+
+    With `gan`, a `gan_share` of every batch is that canvas-gan's samples (a pool of `gan_samples`, drawn once),
+    each labelled with the style and object its latent picked: the tower learns to read the generator it will
+    guide. The labels come from the generator's latent, never from the judges.
+    """
     # The template-averaged pair texts, exactly as the GAN unlearner reads them.
     clip = CanvasClip(source)
     pair_texts = clip.pair_texts().flatten(0, 1)  # (130, d), row = style * len(OBJECTS) + object
@@ -108,22 +139,30 @@ def tune_image_tower(
         torch.from_numpy(style_labels),
         torch.from_numpy(object_labels),
     )
-    pairs = styles * len(OBJECTS) + objects
+    n_gan = round(batch * gan_share) if gan is not None else 0
+    if n_gan:
+        gan_x, gan_styles, gan_objects = generator_pool(gan, gan_samples, GAN_POOL_SEED + seed)
     opt = torch.optim.AdamW(tower, lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
     bar = tqdm(range(steps), desc="canvas-clip image tower")
     for _ in bar:
-        idx = torch.randint(len(x_all), (batch,), generator=generator)
-        x = x_all[idx]
+        idx = torch.randint(len(x_all), (batch - n_gan,), generator=generator)
+        x, y_style, y_object = x_all[idx], styles[idx], objects[idx]
         if rng.random() < AFFINE_PROB:
             x = random_affine(x, generator)
-        logits = clip.logit_scale * clip.image(augment(x, rng) * 2 - 1) @ pair_texts.T
+        x = augment(x, rng)
+        if n_gan:
+            gan_idx = torch.randint(len(gan_x), (n_gan,), generator=generator)
+            x = torch.cat([x, gan_x[gan_idx]])
+            y_style = torch.cat([y_style, gan_styles[gan_idx]])
+            y_object = torch.cat([y_object, gan_objects[gan_idx]])
+        logits = clip.logit_scale * clip.image(x * 2 - 1) @ pair_texts.T
         style_logits, object_logits = clip.style_object_logits(logits.view(-1, len(STYLES), len(OBJECTS)))
         loss = (
-            F.cross_entropy(logits, pairs[idx])
-            + F.cross_entropy(style_logits, styles[idx])
-            + F.cross_entropy(object_logits, objects[idx])
+            F.cross_entropy(logits, y_style * len(OBJECTS) + y_object)
+            + F.cross_entropy(style_logits, y_style)
+            + F.cross_entropy(object_logits, y_object)
         )
         opt.zero_grad()
         loss.backward()
@@ -149,9 +188,26 @@ def main(argv=None) -> None:
         type=Path,
         help="a trained canvas-clip folder: tune only its image tower against its locked text tower",
     )
+    parser.add_argument(
+        "--gan",
+        type=Path,
+        help="with --image-tower-from: a canvas-gan with latent classes whose samples, labelled by their latent, "
+        "make up --gan-share of every batch",
+    )
+    parser.add_argument("--gan-samples", type=int, default=26000, help="size of the --gan sample pool")
+    parser.add_argument(
+        "--gan-share", type=float, default=0.5, help="share of each batch from the --gan pool"
+    )
     args = parser.parse_args(argv)
     if args.image_tower_from is not None and not (args.image_tower_from / "config.json").exists():
         parser.exit(2, f"error: {args.image_tower_from} holds no canvas-clip (config.json is missing).\n")
+    if args.gan is not None:
+        if args.image_tower_from is None:
+            parser.exit(2, "error: --gan tunes an image tower: give --image-tower-from too.\n")
+        if not (args.gan / "config.json").exists():
+            parser.exit(2, f"error: {args.gan} holds no canvas-gan (config.json is missing).\n")
+        if not 0 < args.gan_share < 1 or args.gan_samples < 1:
+            parser.exit(2, "error: --gan-share must be between 0 and 1 and --gan-samples at least 1.\n")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -159,7 +215,17 @@ def main(argv=None) -> None:
 
     with atomic_folder(args.out) as work:
         if args.image_tower_from is not None:
-            tune_image_tower(args.image_tower_from, work, args.steps, args.batch, args.lr, args.seed)
+            tune_image_tower(
+                args.image_tower_from,
+                work,
+                args.steps,
+                args.batch,
+                args.lr,
+                args.seed,
+                gan=args.gan,
+                gan_samples=args.gan_samples,
+                gan_share=args.gan_share,
+            )
         else:
             train_contrastive(args, rng, work)
     print(f"canvas-clip written to {args.out} in {time.time() - start:.0f} s")

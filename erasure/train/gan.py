@@ -7,12 +7,19 @@ D steps (Adam's lr and betas adjusted for the lazy interval, as in StyleGAN2), A
 the generator (half-life `--ema-kimg` thousand images, ramped up over the first 5% of images seen), batch 32.
 One fake batch per iteration serves both the G step (through a frozen D) and the D step (detached).
 
-The generator stays unconditional (z in, image out, no label anywhere in it). With `--spread-weight` > 0 the
-discriminator also carries a style head and an object head, fitted to the real images' labels (AC-GAN's auxiliary
-classifier), and the generator is asked, through `spread_loss`, for samples that these heads find each clearly one
-class and all classes equally often. Why: with the plain loss, long runs left the hardest styles far below uniform
-and did not bring them back (README, "Measured on this machine"). The heads are part of D, trained here; the
-judges only watch.
+The generator is a sampler of z alone (z in, image out). Two recipes:
+- unconditional (the default): with `--spread-weight` > 0 the discriminator also carries a style head and an
+  object head, fitted to the real images' labels (AC-GAN's auxiliary classifier), and the generator is asked,
+  through `spread_loss`, for samples that these heads find each clearly one class and all classes equally often.
+  Why: with the plain loss, long runs left the hardest styles far below uniform and did not bring them back.
+- `--latent-classes`: two coordinates of z pick a style and an object (GeneratorConfig.latent_classes), whose
+  embedding enters the mapping network; the discriminator sees the real images' labels and the fakes' picks
+  through a projection (Miyato & Koyama 2018), and its heads' cross-entropy against the picks
+  (`--class-weight`) asks each sample to read as the style and object its z picked. Why: the unconditional
+  recipe drew objects that the object judge was rarely sure of and that the two independent classifiers read
+  differently about half the time (README, "Measured on this machine"); an unlearner cannot remove an object
+  that no reader can find.
+The heads are part of D, trained here on the renders' labels; the judges only watch.
 
 Every `--log-every` steps the EMA generator draws 520 fixed latents and the judges (assets/judges) say which style
 and object each sample shows: the share of every class, compared with uniform, and the Frechet distance of judge
@@ -49,7 +56,14 @@ from erasure.engine.checkpoint import (
     save_checkpoint,
 )
 from erasure.files import atomic_folder
-from eval.gan_eval import MONITOR_REAL_SEEDS, describe, judged_stats, sample
+from eval.gan_eval import (
+    MONITOR_REAL_SEEDS,
+    describe,
+    judged_stats,
+    latent_class_agreement,
+    object_clarity,
+    sample,
+)
 from pipelines.stylegan import (
     CANVAS_GAN,
     Discriminator,
@@ -62,7 +76,8 @@ from pipelines.stylegan import (
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SEEDS = range(400, 600)  # 200 seeds x 130 (style, object) pairs = 26,000 real images
-SPREAD_WEIGHT = 2.0  # the shipped asset's second and third stages (README, "Retraining")
+SPREAD_WEIGHT = 2.0  # the unconditional recipe's second and third stages (README, "Retraining")
+CLASS_WEIGHT = 1.0  # AC-GAN's weight on the generator's class term (Odena et al. 2017 weigh it 1)
 
 
 # --- one iteration, in two declared halves ---------------------------------------------------------------------
@@ -81,41 +96,62 @@ def spread_loss(logits: torch.Tensor) -> torch.Tensor:
     return per_sample - of_mean
 
 
-def generator_step(G, D, opt_G, batch: int, device, spread_weight: float = 0.0) -> tuple[dict, torch.Tensor]:
-    """G update with the non-saturating loss softplus(-D(G(z))), plus `spread_weight` x spread_loss over D's
-    classifier heads when the weight is positive; D is frozen. Returns ({"g": the non-saturating loss, "spread"},
-    detached fakes)."""
+def generator_step(
+    G, D, opt_G, batch: int, device, spread_weight: float = 0.0, class_weight: float = 0.0
+) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+    """G update with the non-saturating loss softplus(-D(G(z))); D is frozen.
+
+    Plus, when positive, `spread_weight` x spread_loss over D's classifier heads (unconditional generator), or,
+    for a generator with latent classes, `class_weight` x the heads' cross-entropy against the classes each z
+    picked (AC-GAN's generator term: each sample should read as its own style and object). Returns
+    ({"g": the non-saturating loss, "spread" or "cls_g"}, detached fakes, their latent classes or None).
+    """
     D.requires_grad_(False)
-    fake = G(torch.randn(batch, G.config.z_dim, device=device))
+    z = torch.randn(batch, G.config.z_dim, device=device)
+    labels = G.latent_classes(z) if G.config.latent_classes else None
+    fake = G(z)
+    extra = {}
     if spread_weight > 0:
-        logits, groups = D.forward_with_classes(fake)
-        spread = sum(spread_loss(g) for g in groups)
+        logits, groups = D.forward_with_classes(fake, labels)
+        extra["spread"] = spread_weight, sum(spread_loss(g) for g in groups)
+    elif class_weight > 0:
+        logits, groups = D.forward_with_classes(fake, labels)
+        extra["cls_g"] = class_weight, sum(F.cross_entropy(g, labels[:, i]) for i, g in enumerate(groups))
     else:
-        logits, spread = D(fake), None
+        logits = D(fake, labels)
     adversarial = F.softplus(-logits).mean()
-    loss = adversarial if spread is None else adversarial + spread_weight * spread
+    loss = adversarial + sum(weight * term for weight, term in extra.values())
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
     opt_G.step()
     D.requires_grad_(True)
-    out = {"g": adversarial.item()}
-    if spread is not None:
-        out["spread"] = spread.item()
-    return out, fake.detach()
+    out = {"g": adversarial.item(), **{name: term.item() for name, (_, term) in extra.items()}}
+    return out, fake.detach(), labels
 
 
 def discriminator_step(
-    D, opt_D, real, fake, r1_gamma: float, r1_interval: int, do_r1: bool, labels: torch.Tensor | None = None
+    D,
+    opt_D,
+    real,
+    fake,
+    r1_gamma: float,
+    r1_interval: int,
+    do_r1: bool,
+    labels: torch.Tensor | None = None,
+    fake_labels: torch.Tensor | None = None,
 ) -> dict:
     """D update: softplus(D(fake)) + softplus(-D(real)), plus (gamma / 2) |grad_x D(real)|^2 * interval on R1 steps,
-    plus, given `labels` (N, groups), the classifier heads' cross-entropy on the real images."""
+    plus, when D has classifier heads, their cross-entropy on the real images' `labels` (N, groups). A conditional
+    D sees the real images' labels and the fakes' latent classes (`fake_labels`)."""
+    conditional = bool(D.config.condition_counts)
     real = real.detach().requires_grad_(do_r1)
-    fake_logits = D(fake.detach())
-    if labels is None:
-        real_logits = D(real)
+    fake_logits = D(fake.detach(), fake_labels if conditional else None)
+    real_condition = labels if conditional else None
+    if D.classify is None:
+        real_logits = D(real, real_condition)
         class_loss = None
     else:
-        real_logits, groups = D.forward_with_classes(real)
+        real_logits, groups = D.forward_with_classes(real, real_condition)
         class_loss = sum(F.cross_entropy(g, labels[:, i]) for i, g in enumerate(groups))
     loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
     out = {"d": loss.item()}
@@ -194,10 +230,18 @@ def parse_args(argv=None):
     parser.add_argument("--g-channels", default=g_default, help="generator channels at 4,8,16,32 px")
     parser.add_argument("--d-channels", default=d_default, help="discriminator channels at 32,16,8,4 px")
     parser.add_argument(
+        "--latent-classes",
+        action="store_true",
+        help="z also picks a style and an object (GeneratorConfig.latent_classes); D is conditioned on them by "
+        "projection and its heads' cross-entropy, weighted by --class-weight, asks each sample to read as them",
+    )
+    parser.add_argument("--class-weight", type=float, default=CLASS_WEIGHT, help="with --latent-classes")
+    parser.add_argument(
         "--spread-weight",
         type=float,
-        default=SPREAD_WEIGHT,
-        help="weight of spread_loss on D's style and object heads; 0 = plain unconditional StyleGAN2 loss",
+        default=None,
+        help=f"weight of spread_loss on D's style and object heads (default {SPREAD_WEIGHT:g}, 0 with "
+        "--latent-classes, which balances the classes by construction); 0 = plain unconditional StyleGAN2 loss",
     )
     parser.add_argument(
         "--init-from",
@@ -221,7 +265,14 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint-dir", type=Path, default=ROOT / "checkpoints" / "canvas-gan")
     parser.add_argument("--out", type=Path, default=CANVAS_GAN)
     parser.add_argument("--train-seeds", type=int, default=len(TRAIN_SEEDS), help="real images: seeds x 130")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.spread_weight is None:
+        args.spread_weight = 0.0 if args.latent_classes else SPREAD_WEIGHT
+    if args.latent_classes and args.spread_weight > 0:
+        parser.error(
+            "--spread-weight spreads an unconditional generator's classes; with --latent-classes z picks them."
+        )
+    return args
 
 
 def main(argv=None) -> Path:
@@ -229,10 +280,16 @@ def main(argv=None) -> Path:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    g_config = GeneratorConfig(channels=tuple(int(c) for c in args.g_channels.split(",")))
+    classes = (len(STYLES), len(OBJECTS))
+    heads = args.spread_weight > 0 or (args.latent_classes and args.class_weight > 0)
+    g_config = GeneratorConfig(
+        channels=tuple(int(c) for c in args.g_channels.split(",")),
+        latent_classes=classes if args.latent_classes else (),
+    )
     d_config = DiscriminatorConfig(
         channels=tuple(int(c) for c in args.d_channels.split(",")),
-        class_counts=(len(STYLES), len(OBJECTS)) if args.spread_weight > 0 else (),
+        class_counts=classes if heads else (),
+        condition_counts=classes if args.latent_classes else (),
     )
     G, D = Generator(g_config).to(device), Discriminator(d_config).to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
@@ -250,6 +307,8 @@ def main(argv=None) -> Path:
         "seed",
         "train_seeds",
         "spread_weight",
+        "latent_classes",
+        "class_weight",
         "init_from",
     )
     recipe = {k: getattr(args, k) for k in same}
@@ -292,7 +351,15 @@ def main(argv=None) -> Path:
         print(f"no checkpoint in {args.checkpoint_dir}; starting afresh")
 
     def monitor(z) -> dict | None:
-        return judged_stats(sample(G_ema, z), judges, real_features) if judges else None
+        if judges is None:
+            return None
+        images = sample(G_ema, z)
+        stats = judged_stats(images, judges, real_features)
+        if judges.clip_path is not None and judges.clip_path.exists():
+            stats.update(object_clarity(images, judges))
+        if g_config.latent_classes:
+            stats.update(latent_class_agreement(G_ema, z, images, judges))
+        return stats
 
     start = time.time() - elapsed  # training seconds so far, over every resumed run
     invocation = time.time()
@@ -302,11 +369,20 @@ def main(argv=None) -> Path:
     for step in bar:
         idx = torch.randint(len(data), (args.batch,), device=device)
         real = data[idx].float() / 127.5 - 1
-        g_out, fake = generator_step(G, D, opt_G, args.batch, device, args.spread_weight)
+        g_out, fake, fake_labels = generator_step(
+            G,
+            D,
+            opt_G,
+            args.batch,
+            device,
+            args.spread_weight,
+            args.class_weight if args.latent_classes else 0,
+        )
         g_loss = g_out["g"]
         do_r1 = step % args.r1_interval == 0
-        real_labels = labels[idx] if args.spread_weight > 0 else None
-        d_out = discriminator_step(D, opt_D, real, fake, args.r1_gamma, args.r1_interval, do_r1, real_labels)
+        d_out = discriminator_step(
+            D, opt_D, real, fake, args.r1_gamma, args.r1_interval, do_r1, labels[idx], fake_labels
+        )
         ema_nimg = min(args.ema_kimg * 1000, (step + 1) * args.batch * 0.05)
         update_ema(G_ema, G, 0.5 ** (args.batch / max(ema_nimg, 1e-8)))
         if not (math.isfinite(g_loss) and math.isfinite(d_out["d"])):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import pytest
+import torch
 
-from eval.gan_eval import gamma, rest_tv
+from eval.gan_eval import gamma, object_clarity, rest_tv
+from eval.judges.models import Judges
 from pipelines.stylegan import (
     save_generator,
 )
@@ -58,3 +61,44 @@ def test_canvas_clip_quality_on_a_random_clip_and_bad_inputs(tiny_clip_dir, tmp_
     assert canvas_clip_quality.main(["--clip", str(tmp_path / "missing")]) == 2
     assert canvas_clip_quality.main(["--n", "0"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+class _Fixed(torch.nn.Module):
+    """A judge whose logits are given per image (the image's first pixel indexes a row of `logits`)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, images):
+        return self.logits[images[:, 0, 0, 0].long()]
+
+
+class _HandJudges(Judges):
+    """Judges with hand-set outputs: judge-clip's best pair for image i is `pairs[i]` (one-hot embeddings)."""
+
+    pairs: ClassVar[list[int]] = []
+
+    def clip_text(self, texts):
+        return torch.eye(len(texts))
+
+    def clip_image(self, images):
+        return torch.eye(130)[[self.pairs[int(i)] for i in images[:, 0, 0, 0]]]
+
+
+def test_object_clarity_on_hand_made_verdicts():
+    """Four images: the object judge is confident (p >= 0.9) on two; judge-clip's object agrees on three, its style
+    on two."""
+    big, even = [0.0] * 10, [0.0] * 10
+    big[3] = 10.0  # softmax top = e^10 / (e^10 + 9) = 0.9996
+    confident_cat = [10.0] + [0.0] * 9
+    objects = [big, confident_cat, even, [2.0] + [0.0] * 9]  # tops: 3, 0, 0 (tie -> first), 0 (p = 0.45)
+    styles = [[0.0] * 13 for _ in range(4)]
+    for i, s in enumerate([1, 2, 3, 4]):
+        styles[i][s] = 5.0
+    judges = _HandJudges(_Fixed(styles), _Fixed(objects), torch.device("cpu"))
+    # pairs as style * 10 + object: (1, 3) agrees on both; (5, 0) on the object; (3, 0) on both; (0, 7) on neither
+    judges.pairs = [13, 50, 30, 7]
+    images = torch.arange(4.0)[:, None, None, None].expand(4, 3, 32, 32)
+    clarity = object_clarity(images, judges, batch=3)
+    assert clarity == {"object_confident": 0.5, "object_judges_agree": 0.75, "style_judges_agree": 0.5}

@@ -9,6 +9,9 @@ import torch
 
 from pipelines.stylegan import (
     Discriminator,
+    DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
     load_generator,
     modulated_conv2d,
     modulated_conv2d_grouped,
@@ -65,3 +68,52 @@ def test_save_load_roundtrip(tmp_path):
     z = torch.randn(2, SMALL.z_dim)
     torch.testing.assert_close(G.eval()(z, noise_mode="const"), loaded(z, noise_mode="const"))
     assert json.loads((tmp_path / "g" / "config.json").read_text())["extra"] == {"note": "test"}
+
+
+def test_latent_classes_are_uniform_independent_and_a_function_of_z(tmp_path):
+    """z's first coordinates pick a style and an object through the normal CDF: each class 1/count, factors apart."""
+    config = GeneratorConfig(**{**SMALL.__dict__, "latent_classes": (13, 10)})
+    torch.manual_seed(0)
+    G = Generator(config).eval()
+    z = torch.randn(130_000, config.z_dim, generator=torch.Generator().manual_seed(3))
+    labels = G.latent_classes(z)
+    assert labels.shape == (130_000, 2) and labels.min() == 0
+    assert labels[:, 0].max() == 12 and labels[:, 1].max() == 9
+    for g, count in enumerate((13, 10)):
+        shares = torch.bincount(labels[:, g], minlength=count) / len(z)
+        assert torch.allclose(shares, torch.full((count,), 1 / count), atol=0.004), shares
+    pairs = torch.bincount(labels[:, 0] * 10 + labels[:, 1], minlength=130) / len(z)
+    assert torch.allclose(pairs, torch.full((130,), 1 / 130), atol=0.0015)
+    # by hand: Phi(0) = 1/2 -> class floor(6.5) = 6 of 13 and 5 of 10; far tails -> first and last class
+    hand = torch.zeros(3, config.z_dim)
+    hand[1, :2], hand[2, :2] = -9.0, 9.0
+    assert G.latent_classes(hand).tolist() == [[6, 5], [0, 0], [12, 9]]
+    # the class reaches w: z0 = Phi^-1(7 / 13) = 0.0966 is a style boundary; a step of 0.001 across it moves w
+    # far more than the same step inside a class
+    base = torch.randn(3, config.z_dim, generator=torch.Generator().manual_seed(5))
+    base[:, 0] = torch.tensor([0.0955, 0.0960, 0.0970])
+    assert G.latent_classes(base)[:, 0].tolist() == [6, 6, 7]
+    base[:, 1:] = base[0, 1:]
+    w = G.mapping(base)
+    assert (w[2] - w[1]).norm() > 100 * (w[1] - w[0]).norm()
+    save_generator(G, tmp_path / "g")
+    loaded = load_generator(tmp_path / "g")
+    assert loaded.config.latent_classes == (13, 10)
+    torch.testing.assert_close(G(z[:4], noise_mode="const"), loaded(z[:4], noise_mode="const"))
+    with pytest.raises(ValueError, match="no latent classes"):
+        small_generator().latent_classes(z[:2])
+
+
+def test_projection_discriminator_reads_the_labels():
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(channels=(8, 16, 16, 16), condition_counts=(13, 10)))
+    images = torch.randn(4, 3, 32, 32)
+    a, b = torch.tensor([[0, 1]] * 4), torch.tensor([[5, 7]] * 4)
+    with torch.no_grad():
+        torch.nn.init.normal_(D.project.weight)
+        assert not torch.allclose(D(images, a), D(images, b))
+        # with a zero projection the logit is the unconditional one
+        D.project.weight.zero_()
+        torch.testing.assert_close(D(images, a), D.out(D.features(images)).squeeze(1))
+    with pytest.raises(ValueError, match="pass the images' labels"):
+        D(images)

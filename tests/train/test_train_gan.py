@@ -20,29 +20,39 @@ from erasure.train.gan import (
 from pipelines.stylegan import (
     Discriminator,
     DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
 )
-from tests.helpers import SMALL_D, SMALL_D_HEADS, changed, small_generator, snapshot
+from tests.helpers import SMALL, SMALL_D, SMALL_D_HEADS, changed, small_generator, snapshot
 
 
-@pytest.mark.parametrize("spread_weight", [0.0, 1.0])
-def test_training_step_changes_only_declared_parameters(spread_weight):
-    G, D = small_generator(), Discriminator(SMALL_D_HEADS if spread_weight else SMALL_D)
+@pytest.mark.parametrize("recipe", ["plain", "spread", "latent"])
+def test_training_step_changes_only_declared_parameters(recipe):
+    spread_weight, class_weight = (1.0 if recipe == "spread" else 0.0), (1.0 if recipe == "latent" else 0.0)
+    latent = recipe == "latent"
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(**{**SMALL.__dict__, "latent_classes": (13, 10) if latent else ()}))
+    d_config = SMALL_D_HEADS if recipe != "plain" else SMALL_D
+    if latent:
+        d_config = DiscriminatorConfig(**{**d_config.__dict__, "condition_counts": (13, 10)})
+    D = Discriminator(d_config)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G, opt_D = make_optimizers(G, D, lr=0.01, r1_interval=4)
     g0, d0, e0 = snapshot(G), snapshot(D), snapshot(G_ema)
     real = torch.rand(4, 3, 32, 32) * 2 - 1
-    labels = torch.tensor([[0, 1], [2, 3], [4, 5], [12, 9]]) if spread_weight else None
+    labels = torch.tensor([[0, 1], [2, 3], [4, 5], [12, 9]])
 
-    g_out, fake = generator_step(G, D, opt_G, 4, "cpu", spread_weight)
-    assert ("spread" in g_out) == bool(spread_weight)
+    g_out, fake, fake_labels = generator_step(G, D, opt_G, 4, "cpu", spread_weight, class_weight)
+    assert ("spread" in g_out) == (recipe == "spread") and ("cls_g" in g_out) == latent
+    assert (fake_labels is not None) == latent
     assert changed(g0, G) == set(g0), "the G step must update every generator parameter"
     assert not changed(d0, D), "the G step must leave D alone"
     assert all(p.requires_grad for p in D.parameters())
 
     g1 = snapshot(G)
-    out = discriminator_step(D, opt_D, real, fake, r1_gamma=1.0, r1_interval=4, do_r1=True, labels=labels)
+    out = discriminator_step(D, opt_D, real, fake, 1.0, 4, True, labels=labels, fake_labels=fake_labels)
     assert "r1" in out and out["r1"] > 0
-    assert ("cls" in out) == bool(spread_weight)
+    assert ("cls" in out) == (recipe != "plain")
     assert changed(d0, D) == set(d0), "the D step must update every discriminator parameter, heads included"
     assert not changed(g1, G), "the D step must leave G alone"
 
