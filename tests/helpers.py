@@ -15,8 +15,9 @@ from erasure.canvas.tokenizer import build_tokenizer
 from erasure.canvas.world import STYLES
 from erasure.engine import TrainingRun
 from erasure.gan.text_unlearn import POOL_SEED
+from erasure.train.discriminator import DiscriminatorConfig
 from pipelines.canvas_clip import CanvasClip
-from pipelines.stylegan import DiscriminatorConfig, Generator, GeneratorConfig
+from pipelines.stylegan import Generator, GeneratorConfig
 
 # A few steps of everything for DoCo on the tiny pipeline: 1 discriminator warm-up step, then UNet updates.
 TINY_DOCO = {

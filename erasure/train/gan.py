@@ -56,6 +56,7 @@ from erasure.engine.checkpoint import (
     save_checkpoint,
 )
 from erasure.files import atomic_folder
+from erasure.train.discriminator import Discriminator, DiscriminatorConfig
 from eval.gan_eval import (
     MONITOR_REAL_SEEDS,
     describe,
@@ -66,8 +67,6 @@ from eval.gan_eval import (
 )
 from pipelines.stylegan import (
     CANVAS_GAN,
-    Discriminator,
-    DiscriminatorConfig,
     Generator,
     GeneratorConfig,
     config_to_json,

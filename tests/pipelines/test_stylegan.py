@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
+from erasure.train.discriminator import Discriminator, DiscriminatorConfig
 from pipelines.stylegan import (
-    Discriminator,
-    DiscriminatorConfig,
     Generator,
     GeneratorConfig,
     load_generator,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from erasure.engine.checkpoint import save_checkpoint
+from erasure.train.discriminator import Discriminator, DiscriminatorConfig
 from erasure.train.gan import (
     discriminator_step,
     generator_step,
@@ -18,8 +19,6 @@ from erasure.train.gan import (
     update_ema,
 )
 from pipelines.stylegan import (
-    Discriminator,
-    DiscriminatorConfig,
     Generator,
     GeneratorConfig,
 )
