@@ -48,9 +48,8 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
 )
 AFFINE_PROB = 0.7  # share of the second stage's batches that also get `random_affine`
-GAN_POOL_SEED = (
-    2_000_000  # the second stage's canvas-gan latents: apart from evaluation's and the unlearner's
-)
+# the second stage's canvas-gan latents: apart from the evaluation's and the unlearner's
+GAN_POOL_SEED = 2_000_000
 
 
 def canvas_clip_config(vocab_size: int, bos_id: int, eos_id: int) -> CLIPConfig:
