@@ -166,6 +166,11 @@ class ToRGB(nn.Module):
         return y + self.bias[None, :, None, None]
 
 
+def factor_one_hot(labels, counts) -> torch.Tensor:
+    """(N, factors) class indices -> the factors' one-hot vectors side by side (N, sum of `counts`)."""
+    return torch.cat([F.one_hot(labels[:, g], c).float() for g, c in enumerate(counts)], dim=1)
+
+
 def _normalize_2nd_moment(x):
     return x * torch.rsqrt(x.square().mean(1, keepdim=True) + 1e-8)
 
@@ -197,14 +202,18 @@ class MappingNetwork(nn.Module):
         uniform = 0.5 * (1 + torch.erf(z[:, : len(counts)] / SQRT2))
         return torch.minimum((uniform * counts).long(), counts - 1)
 
-    def one_hot(self, labels) -> torch.Tensor:
-        """(N, factors) indices -> the factors' one-hot vectors side by side (N, sum of counts)."""
-        return torch.cat([F.one_hot(labels[:, g], c).float() for g, c in enumerate(self.class_counts)], dim=1)
-
     def forward(self, z, truncation_psi=1.0):
         x = _normalize_2nd_moment(z)
         if self.embed is not None:
-            x = torch.cat([x, _normalize_2nd_moment(self.embed(self.one_hot(self.latent_classes(z))))], 1)
+            x = torch.cat(
+                [
+                    x,
+                    _normalize_2nd_moment(
+                        self.embed(factor_one_hot(self.latent_classes(z), self.class_counts))
+                    ),
+                ],
+                1,
+            )
         for layer in self.fc:
             x = layer(x)
         if self.training:

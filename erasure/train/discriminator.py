@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.stylegan import SQRT2, EqualLinear, resolutions
+from pipelines.stylegan import SQRT2, EqualLinear, factor_one_hot, resolutions
 
 
 @dataclass
@@ -108,9 +108,7 @@ class Discriminator(nn.Module):
             return logits
         if labels is None:
             raise ValueError("this discriminator is conditional (condition_counts): pass the images' labels.")
-        one_hot = torch.cat(
-            [F.one_hot(labels[:, g], c).float() for g, c in enumerate(self.config.condition_counts)], dim=1
-        )
+        one_hot = factor_one_hot(labels, self.config.condition_counts)
         return logits + (features * self.project(one_hot)).sum(1) / math.sqrt(features.shape[1])
 
     def forward(self, images, labels=None):
