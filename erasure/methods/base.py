@@ -129,25 +129,32 @@ def predicted_x0(scheduler, eps: torch.Tensor, t: torch.Tensor, x_t: torch.Tenso
 
 
 class AnchorData:
-    """The anchor latents a method trains on, with the prompt pair each belongs to, and noised batches of them.
+    """The latents a method trains on, with the prompt pair each belongs to, and noised batches of them.
 
-    Latents are `request.anchor_latents` when given, else generated once by the frozen pipeline from a seeded
-    choice of anchor prompts (`config.num_anchor_images`, `anchor_steps`, `anchor_guidance`, `anchor_batch`) and
-    cached beside the session's checkpoints. Latent i belongs to prompt pair `pair[i]`.
-
-    With `retain_images` = n, the same for the request's retain prompts instead: n images of the rest of the world
-    from the same sampler settings, cached apart; latent i then belongs to retain prompt `pair[i]`.
+    `source` says whose images: 'anchor' (the default) is `request.anchor_latents` when given, else images
+    generated once by the frozen pipeline from a seeded choice of anchor prompts (`config.num_anchor_images`,
+    `anchor_steps`, `anchor_guidance`, `anchor_batch`) and cached beside the session's checkpoints; 'retain' the
+    same for the request's retain prompts (the rest of the world) and 'target' for its target prompts (the
+    concept's own renders), each cached apart. `count` images (default `config.num_anchor_images`); latent i
+    belongs to prompt pair (or retain prompt) `pair[i]`.
     """
 
-    def __init__(self, pipeline, request: ErasureRequest, config, session, scheduler, retain_images=None):
+    def __init__(
+        self, pipeline, request: ErasureRequest, config, session, scheduler, source="anchor", count=None
+    ):
         device = session.device
-        if retain_images is not None:
-            if not request.retain_prompts:
-                raise ValueError("the request has no retain prompts to generate retain images from.")
-            prompts, count, name = request.retain_prompts, retain_images, "retain_latents"
-        else:
-            prompts, count, name = request.anchor_prompts, config.num_anchor_images, "anchor_latents"
-        if request.anchor_latents is not None and retain_images is None:
+        sources = {
+            "anchor": request.anchor_prompts,
+            "retain": request.retain_prompts,
+            "target": request.target_prompts,
+        }
+        if source not in sources:
+            raise ValueError(f"source must be one of {', '.join(sources)}, not {source!r}.")
+        prompts, name = sources[source], f"{source}_latents"
+        count = config.num_anchor_images if count is None else count
+        if not prompts:
+            raise ValueError(f"the request has no {source} prompts to generate images from.")
+        if request.anchor_latents is not None and source == "anchor":
             latents = request.anchor_latents.to(device, torch.float32)
             self.pair = torch.tensor(seeded_cycle(len(prompts), len(latents), session.seed), device=device)
         else:

@@ -39,6 +39,11 @@ noised retain images x_t with their own captions c, so the rest of the world kee
 `adversarial=False` is the ablation without the discriminator: g_a comes from matching the trainable UNet's noise
 prediction for the target prompt to the teacher's for the anchor prompt (Concept Ablation, model-based), with
 the same schedule of UNet updates and the same surgery.
+
+`erase_on='concept'` (not in the paper) noises the concept's own renders (the frozen pipeline's images of the
+target prompts, generated once like the anchors) for the erasing step and the inner attack, instead of the
+anchor images: the states a sampler passes through when it draws the concept, which is where a UNet trained
+outside the key/value projections has to learn to draw something else. The prior loss keeps the anchor images.
 """
 
 from __future__ import annotations
@@ -107,6 +112,9 @@ class DoCoConfig(AnchorImagesConfig):
     adversarial: bool = option(
         True, "False: noise matching to the teacher instead of the discriminator (ablation)"
     )
+    erase_on: str = option(
+        "anchor", "latents the erasing step and the inner attack noise: 'anchor' (the paper's) or 'concept'"
+    )
     discriminator_per_concept: bool = option(
         False, "one discriminator head per erased concept on a shared trunk (not in the paper; k > 1 only)"
     )
@@ -144,6 +152,8 @@ class DoCoConfig(AnchorImagesConfig):
         for attack in self.robust_attacks:
             if attack not in ATTACK_TYPES:
                 raise ValueError(f"robust_attacks must be among {', '.join(ATTACK_TYPES)}, not {attack!r}.")
+        if self.erase_on not in ("anchor", "concept"):
+            raise ValueError(f"erase_on must be 'anchor' or 'concept', not {self.erase_on!r}.")
         if not 0.0 <= self.robust_share <= 1.0:
             raise ValueError(f"robust_share must be within [0, 1], not {self.robust_share}.")
 
@@ -186,7 +196,7 @@ class DoCoConfig(AnchorImagesConfig):
         are given at least as much of. Warm-up steps: teacher + target forwards; UNet steps: teacher, prior and
         target forwards, prior and target backwards."""
         updates = self.steps - self.d_warmup
-        generation = self.num_anchor_images * self.anchor_steps * 2
+        generation = self.num_anchor_images * self.anchor_steps * 2 * (2 if self.erase_on == "concept" else 1)
         forward = generation + self.d_warmup * 2 * self.batch_size + updates * 3 * self.batch_size
         backward = updates * 2 * self.batch_size
         if (
@@ -220,6 +230,9 @@ def run(pipeline, request, config: DoCoConfig, session):
     # 2. Data: anchor latents (generated once by the frozen pipeline, see AnchorData) and the text-encoder states
     # of every (target, anchor) prompt pair.
     anchors = AnchorData(pipeline, request, config, session, scheduler)
+    erasing = anchors
+    if config.erase_on == "concept":
+        erasing = AnchorData(pipeline, request, config, session, scheduler, "target")
     target_emb = encode_prompts(pipeline, request.target_prompts, device)
     anchor_emb = encode_prompts(pipeline, request.anchor_prompts, device)
     spring = retain = None
@@ -233,7 +246,7 @@ def run(pipeline, request, config: DoCoConfig, session):
     if config.hold_erased > 0 and request.erased_prompts and kv:
         held = RetainSpring(kv, encode_prompts(pipeline, request.erased_prompts, device).hidden)
     if config.retain_distill > 0 and request.retain_prompts:
-        retain = AnchorData(pipeline, request, config, session, scheduler, config.num_retain_images)
+        retain = AnchorData(pipeline, request, config, session, scheduler, "retain", config.num_retain_images)
     adversaries = None
     if config.robust:
         adversaries = AdversarialPrompts(
@@ -283,14 +296,14 @@ def run(pipeline, request, config: DoCoConfig, session):
             losses["attack"] = adversaries.refresh(
                 unet,
                 teacher,
-                anchors,
+                erasing,
                 target_emb,
                 config.robust_prompts,
                 config.robust_iterations,
                 config.robust_lr,
                 session.generator,
             )
-        _, _, t, x_t, k = sample_batch()
+        _, _, t, x_t, k = erasing.batch(config.batch_size, config.hflip)
         emb_target = target_emb[k]
         if adversaries is not None and update_unet:
             emb_target = adversaries.mix(target_emb, k, config.robust_share, session.generator)

@@ -8,7 +8,12 @@ from diffusers import DDPMScheduler
 
 from erasure.engine import TrainingRun, erase
 from erasure.methods.adversaries import AdversarialPrompts, adversarial_template
-from erasure.methods.base import AnchorData, frozen_teacher_and_student, unet_parameters
+from erasure.methods.base import (
+    AnchorData,
+    frozen_teacher_and_student,
+    generate_anchor_latents,
+    unet_parameters,
+)
 from erasure.methods.doco import DoCoConfig
 from erasure.methods.request import build_request
 from pipelines.conditioning import encode_prompts
@@ -145,3 +150,41 @@ def test_retain_distillation_holds_the_rest_of_the_world_under_any_trained_set(
     assert drift["held", "retain"] < 0.7 * drift["plain", "retain"]
     # On this tiny random model every prompt shares most of the UNet, so the concept moves less too, but it moves.
     assert drift["held", "target"] > 0.3 * drift["plain", "target"]
+
+
+def test_concept_renders_are_the_erasing_latents(tiny_pipeline, tiny_pipeline_dir, tmp_path):
+    """`erase_on='concept'` noises the frozen pipeline's renders of the target prompts, cached apart from the
+    anchors; the same sampler on the target prompts reproduces them, and they differ from the anchor images."""
+    config = DoCoConfig(**{**ROBUST, "adversarial": False, "erase_on": "concept", "trainable": "noxattn"})
+    request = build_request(tiny_pipeline, "van gogh")
+    session = TrainingRun({}, 0, config, progress=False)
+    scheduler = DDPMScheduler.from_config(tiny_pipeline.scheduler.config)
+    renders = AnchorData(tiny_pipeline, request, config, session, scheduler, "target")
+    anchors = AnchorData(tiny_pipeline, request, config, session, scheduler)
+    assert torch.equal(
+        renders.pair, anchors.pair
+    )  # the same seeded choice of pairs, the other prompt of each
+    again = generate_anchor_latents(
+        tiny_pipeline,
+        [request.target_prompts[i] for i in renders.pair.tolist()],
+        config.anchor_steps,
+        config.anchor_guidance,
+        0,
+        config.anchor_batch,
+        False,
+    )
+    assert torch.allclose(renders.latents, again)
+    assert not torch.allclose(renders.latents, anchors.latents)
+    with pytest.raises(ValueError, match="source must be one of"):
+        AnchorData(tiny_pipeline, request, config, session, scheduler, "concept")
+    with pytest.raises(ValueError, match="erase_on"):
+        DoCoConfig(erase_on="target")
+
+    result = erase(
+        fresh(tiny_pipeline_dir), "van gogh", config=config, seed=0, checkpoint_dir=tmp_path, progress=False
+    )
+    assert (tmp_path / "target_latents.safetensors").exists() and (
+        tmp_path / "anchor_latents.safetensors"
+    ).exists()
+    assert result.delta and not any(".attn2." in n for n in result.delta)
+    assert any("attack" in h for h in result.history)
