@@ -57,6 +57,9 @@ class GeneratorConfig:
     # sizes of the discrete factors that z's first coordinates pick (e.g. (13, 10): a style and an object);
     # () = none. The generator stays z -> image: see MappingNetwork.latent_classes.
     latent_classes: tuple[int, ...] = ()
+    # the 4x4 input is the learnt constant plus an affine map of the first w, so that the layout (where an object
+    # sits and its rough shape) can follow w; False = the constant alone, as StyleGAN2
+    input_from_w: bool = False
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -232,6 +235,7 @@ class SynthesisNetwork(nn.Module):
         res, ch, w_dim = resolutions(config.resolution), config.channels, config.w_dim
         self.num_ws = config.num_ws
         self.const = nn.Parameter(torch.randn(ch[0], 4, 4))
+        self.input_map = EqualLinear(w_dim, ch[0] * 16) if config.input_from_w else None
         self.convs = nn.ModuleList([SynthesisLayer(ch[0], ch[0], w_dim, 4)])
         self.torgbs = nn.ModuleList([ToRGB(ch[0], w_dim, config.img_channels)])
         for i in range(1, len(res)):
@@ -243,6 +247,8 @@ class SynthesisNetwork(nn.Module):
         if ws.ndim == 2:
             ws = ws[:, None].expand(-1, self.num_ws, -1)
         x = self.const[None].expand(len(ws), -1, -1, -1)
+        if self.input_map is not None:
+            x = x + self.input_map(ws[:, 0]).view(x.shape)
         x = self.convs[0](x, ws[:, 0], noise_mode)
         img = self.torgbs[0](x, ws[:, 1])
         k = 2

@@ -236,6 +236,11 @@ def parse_args(argv=None):
     )
     parser.add_argument("--class-weight", type=float, default=CLASS_WEIGHT, help="with --latent-classes")
     parser.add_argument(
+        "--input-from-w",
+        action="store_true",
+        help="the generator's 4x4 input follows w (GeneratorConfig.input_from_w), not a constant alone",
+    )
+    parser.add_argument(
         "--spread-weight",
         type=float,
         default=None,
@@ -284,6 +289,7 @@ def main(argv=None) -> Path:
     g_config = GeneratorConfig(
         channels=tuple(int(c) for c in args.g_channels.split(",")),
         latent_classes=classes if args.latent_classes else (),
+        input_from_w=args.input_from_w,
     )
     d_config = DiscriminatorConfig(
         channels=tuple(int(c) for c in args.d_channels.split(",")),
@@ -308,6 +314,7 @@ def main(argv=None) -> Path:
         "spread_weight",
         "latent_classes",
         "class_weight",
+        "input_from_w",
         "init_from",
     )
     recipe = {k: getattr(args, k) for k in same}

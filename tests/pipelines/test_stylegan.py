@@ -116,3 +116,25 @@ def test_projection_discriminator_reads_the_labels():
         torch.testing.assert_close(D(images, a), D.out(D.features(images)).squeeze(1))
     with pytest.raises(ValueError, match="pass the images' labels"):
         D(images)
+
+
+def test_input_from_w_makes_the_layout_follow_w(tmp_path):
+    """With `input_from_w`, the 4x4 input differs between two ws (the constant alone is the same for every w), the
+    map's weights are saved and loaded, and a generator without it has no such parameter."""
+    config = GeneratorConfig(**{**SMALL.__dict__, "input_from_w": True})
+    torch.manual_seed(0)
+    G = Generator(config).eval()
+    inputs = []
+    G.synthesis.convs[0].register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    w = G.mapping(torch.randn(2, config.z_dim, generator=torch.Generator().manual_seed(1)))
+    G.synthesis(w, noise_mode="const")
+    assert inputs[0].shape == (2, config.channels[0], 4, 4)
+    assert (inputs[0][0] - inputs[0][1]).abs().max() > 0.1
+    expected = G.synthesis.const + G.synthesis.input_map(w).view(2, config.channels[0], 4, 4)
+    torch.testing.assert_close(inputs[0], expected)
+    save_generator(G, tmp_path / "g")
+    loaded = load_generator(tmp_path / "g")
+    assert loaded.config.input_from_w
+    z = torch.randn(3, config.z_dim, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(G(z, noise_mode="const"), loaded(z, noise_mode="const"))
+    assert small_generator().synthesis.input_map is None
