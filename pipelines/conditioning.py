@@ -109,6 +109,12 @@ def conditioning_from_ids(pipeline, ids: list[torch.Tensor], encoders=None) -> T
 
 
 @torch.no_grad()
+def prompt_token_mask(pipeline, prompts: list[str]) -> torch.Tensor:
+    """(N, L) booleans: True at each prompt's own token positions (start and end tokens included), False at the
+    padding after them; positions as in `encode_prompts`'s hidden states (the first tokenizer's)."""
+    return tokenize(pipeline, prompts).attention_mask.bool()
+
+
 def encode_prompts(pipeline, prompts: list[str], device) -> TextConditioning:
     """The conditioning of `prompts` (see the module docstring), in float32 on `device`."""
     parts = []

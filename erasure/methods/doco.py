@@ -16,8 +16,9 @@ the *unit* vector g_b/|g_b| whatever |g_a| is; 'pcgrad' removes exactly g_a's co
 
 The retain spring (`retain_weight` > 0; not in the paper, on by default on Canvas) keeps the keys and values
 that the request's retain prompts (the other concepts' captions) produce: per projection W with original W0 and
-C the retain prompts' token embeddings, L_r = |(W - W0) C|^2 / |W0 C|^2, whose gradient 2 (W - W0) C^T C / |W0 C|^2
-is added, times `retain_weight`, to every update. Every other prompt token's keys and values then stay near the
+C the retain prompts' token embeddings (every position, or with `spring_tokens='content'` only the prompts'
+own tokens, so that the few content words are not outweighed by the padding), L_r = |(W - W0) C|^2 / |W0 C|^2,
+whose gradient 2 (W - W0) C^T C / |W0 C|^2 is added, times `retain_weight`, to every update. Every other prompt token's keys and values then stay near the
 original's, and with them the UNet's output for other concepts: the shared K/V drift that otherwise shows up as
 lower IRA/CRA and a larger FD on the rest of the world. In a chain (an erasure on top of an earlier one),
 `hold_erased` > 0 adds the same spring, with its own weight, on the captions of the concepts erased before: their
@@ -74,7 +75,7 @@ from erasure.methods.doco_parts import (
     clip_gradients,
     surgery,
 )
-from pipelines.conditioning import encode_prompts, noise_prediction
+from pipelines.conditioning import encode_prompts, noise_prediction, prompt_token_mask
 from pipelines.diffusion import diffusion_target
 
 
@@ -108,6 +109,9 @@ class DoCoConfig(AnchorImagesConfig):
     )
     hold_erased: float = option(
         0.0, "weight of a second spring on the captions of concepts erased before (chains; 0 = off)"
+    )
+    spring_tokens: str = option(
+        "all", "token positions the springs hold: 'all' 77 or 'content' (the prompts' own, padding left out)"
     )
     adversarial: bool = option(
         True, "False: noise matching to the teacher instead of the discriminator (ablation)"
@@ -152,6 +156,8 @@ class DoCoConfig(AnchorImagesConfig):
         for attack in self.robust_attacks:
             if attack not in ATTACK_TYPES:
                 raise ValueError(f"robust_attacks must be among {', '.join(ATTACK_TYPES)}, not {attack!r}.")
+        if self.spring_tokens not in ("all", "content"):
+            raise ValueError(f"spring_tokens must be 'all' or 'content', not {self.spring_tokens!r}.")
         if self.erase_on not in ("anchor", "concept"):
             raise ValueError(f"erase_on must be 'anchor' or 'concept', not {self.erase_on!r}.")
         if not 0.0 <= self.robust_share <= 1.0:
@@ -240,11 +246,17 @@ def run(pipeline, request, config: DoCoConfig, session):
     use_spring = config.retain_weight > 0 and request.retain_prompts and kv
     if use_spring or (config.retain_distill > 0 and request.retain_prompts):
         retain_emb = encode_prompts(pipeline, request.retain_prompts, device)
+
+    def spring_on(prompts, hidden):
+        mask = prompt_token_mask(pipeline, prompts) if config.spring_tokens == "content" else None
+        return RetainSpring(kv, hidden, mask)
+
     if use_spring:
-        spring = RetainSpring(kv, retain_emb.hidden)
+        spring = spring_on(request.retain_prompts, retain_emb.hidden)
     held = None
     if config.hold_erased > 0 and request.erased_prompts and kv:
-        held = RetainSpring(kv, encode_prompts(pipeline, request.erased_prompts, device).hidden)
+        erased = request.erased_prompts
+        held = spring_on(erased, encode_prompts(pipeline, erased, device).hidden)
     if config.retain_distill > 0 and request.retain_prompts:
         retain = AnchorData(pipeline, request, config, session, scheduler, "retain", config.num_retain_images)
     adversaries = None

@@ -70,11 +70,14 @@ class PatchDiscriminator(nn.Module):
 class RetainSpring:
     """L_r = |(W - W0) C|^2 / |W0 C|^2 per key/value projection, averaged, and its gradient (module docstring).
 
-    Only C's Gram matrix C^T C / n is kept: the loss and its gradient need nothing else.
+    Only C's Gram matrix C^T C / n is kept: the loss and its gradient need nothing else. C holds every token
+    position of `embeddings` (N, L, D), or with `mask` (N, L) only the positions it marks (e.g. the prompts' own
+    tokens without the padding).
     """
 
-    def __init__(self, original: dict[str, torch.Tensor], embeddings: torch.Tensor):
-        tokens = embeddings.reshape(-1, embeddings.shape[-1]).double()
+    def __init__(self, original: dict[str, torch.Tensor], embeddings: torch.Tensor, mask=None):
+        tokens = embeddings if mask is None else embeddings[mask.to(embeddings.device)]
+        tokens = tokens.reshape(-1, embeddings.shape[-1]).double()
         self.gram = (tokens.T @ tokens / len(tokens)).float()
         self.original = {n: w.detach().float().clone() for n, w in original.items()}
         self.norm = {n: float(torch.trace(w @ self.gram @ w.T)) for n, w in self.original.items()}

@@ -12,7 +12,7 @@ from erasure.engine import erase
 from erasure.methods.base import cross_attention_kv, predicted_x0
 from erasure.methods.doco import DoCoConfig, PatchDiscriminator, RetainSpring
 from erasure.methods.request import build_request
-from pipelines.conditioning import encode_prompts
+from pipelines.conditioning import encode_prompts, prompt_token_mask
 from tests.helpers import TINY_DOCO, all_tensors, fresh, pipeline_of, world_text_encoder
 
 # --- predicted x0 ----------------------------------------------------------------------------------------------
@@ -137,19 +137,43 @@ def test_retain_spring_matches_autograd():
     for n, p in params.items():
         torch.testing.assert_close(pull[n], p.grad, rtol=1e-4, atol=1e-6)
     assert spring.loss(original) == 0
+    # With a mask only the marked positions count: the same as a spring on those tokens alone.
+    mask = torch.zeros(6, 7, dtype=torch.bool)
+    mask[:, :2], mask[0, :5] = True, True
+    masked = RetainSpring(original, embeddings, mask)
+    alone = RetainSpring(original, embeddings[mask][None])
+    assert masked.loss(params) == pytest.approx(alone.loss(params), rel=1e-6)
+    assert masked.loss(params) != pytest.approx(spring.loss(params), rel=1e-3)
+
+
+def test_prompt_token_mask_marks_each_prompt_up_to_its_end(tiny_pipeline):
+    mask = prompt_token_mask(tiny_pipeline, ["a cat", "a cat in van gogh style"])
+    ids = tiny_pipeline.tokenizer(
+        ["a cat", "a cat in van gogh style"]
+    ).input_ids  # start, words, end; no padding
+    assert mask.shape == (2, tiny_pipeline.tokenizer.model_max_length)
+    assert mask.sum(1).tolist() == [len(i) for i in ids]
+    assert mask[:, 0].all() and not mask[:, -1].any()
 
 
 def test_retain_spring_keeps_other_prompts_keys(tiny_pipeline):
-    """With the spring, the K/V of the other concepts' prompts move less than without it (same seed)."""
+    """With the spring, the K/V of the other concepts' prompts move less than without it (same seed), whether it
+    counts every position or only the prompts' own tokens ('content', measured on those tokens)."""
     request = build_request(tiny_pipeline, "van gogh")
-    tokens = encode_prompts(tiny_pipeline, request.retain_prompts, "cpu").hidden.reshape(-1, 32)
-    drift = {}
-    for weight in (0.0, 100.0):
-        config = DoCoConfig(**{**TINY_DOCO, "learning_rate": 1e-2, "retain_weight": weight})
+    hidden = encode_prompts(tiny_pipeline, request.retain_prompts, "cpu").hidden
+    tokens = hidden.reshape(-1, 32)
+    content = hidden[prompt_token_mask(tiny_pipeline, request.retain_prompts)]
+    drift, content_drift = {}, {}
+    for weight, positions in ((0.0, "all"), (100.0, "all"), (100.0, "content")):
+        config = DoCoConfig(
+            **{**TINY_DOCO, "learning_rate": 1e-2, "retain_weight": weight, "spring_tokens": positions}
+        )
         kv = cross_attention_kv(erase(tiny_pipeline, "van gogh", config=config, progress=False).pipeline.unet)
         base = cross_attention_kv(tiny_pipeline.unet)
-        drift[weight] = sum(float(((kv[n] - base[n]) @ tokens.T).norm()) for n in kv)
-    assert drift[100.0] < 0.8 * drift[0.0]
+        drift[weight, positions] = sum(float(((kv[n] - base[n]) @ tokens.T).norm()) for n in kv)
+        content_drift[weight, positions] = sum(float(((kv[n] - base[n]) @ content.T).norm()) for n in kv)
+    assert drift[100.0, "all"] < 0.8 * drift[0.0, "all"]
+    assert content_drift[100.0, "content"] < 0.8 * content_drift[0.0, "all"]
 
 
 @pytest.mark.parametrize("size, down", [(64, 4), (16, 2), (8, 1)])
