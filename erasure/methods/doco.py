@@ -37,6 +37,11 @@ Retain distillation (`retain_distill` > 0; not in the paper) holds any trained s
 update adds `retain_distill` times the (clipped) gradient of |eps_student(x_t, c) - eps_teacher(x_t, c)|^2 on
 noised retain images x_t with their own captions c, so the rest of the world keeps the teacher's denoiser.
 
+`salient_share` < 1 (not in the paper; SalUn's weight saliency, Fan et al., ICLR 2024): before training, the
+trained entries are ranked by the magnitude of the erasing loss's gradient (noise matching, `saliency_batches`
+batches of the erasing latents) and only the top share may change; the rest keep the original's values. A wide
+trained set then changes only the weights that matter most to the concept.
+
 `adversarial=False` is the ablation without the discriminator: g_a comes from matching the trainable UNet's noise
 prediction for the target prompt to the teacher's for the anchor prompt (Concept Ablation, model-based), with
 the same schedule of UNet updates and the same surgery.
@@ -73,6 +78,7 @@ from erasure.methods.doco_parts import (
     RetainSpring,
     SurgeryRule,
     clip_gradients,
+    saliency_masks,
     surgery,
 )
 from pipelines.conditioning import encode_prompts, noise_prediction, prompt_token_mask
@@ -129,6 +135,12 @@ class DoCoConfig(AnchorImagesConfig):
     num_retain_images: int = option(
         64, "retain images generated once by the frozen pipeline, for distillation"
     )
+    salient_share: float = option(
+        1.0, "share of the trained entries that may change, the most salient to the erasing loss (1 = all)"
+    )
+    saliency_batches: int = option(
+        8, "batches of the erasing loss whose gradient magnitudes rank the entries"
+    )
     gradient_checkpointing: bool = option(False, "trade compute for memory in the trainable UNet")
     trainable: TrainableSet = option(
         "kv", "UNet parameters that train: 'kv' (the paper's), 'xattn', 'noxattn' or 'full' (TrainableSet)"
@@ -156,6 +168,8 @@ class DoCoConfig(AnchorImagesConfig):
         for attack in self.robust_attacks:
             if attack not in ATTACK_TYPES:
                 raise ValueError(f"robust_attacks must be among {', '.join(ATTACK_TYPES)}, not {attack!r}.")
+        if not 0.0 < self.salient_share <= 1.0:
+            raise ValueError(f"salient_share must be within (0, 1], not {self.salient_share}.")
         if self.spring_tokens not in ("all", "content"):
             raise ValueError(f"spring_tokens must be 'all' or 'content', not {self.spring_tokens!r}.")
         if self.erase_on not in ("anchor", "concept"):
@@ -210,6 +224,9 @@ class DoCoConfig(AnchorImagesConfig):
         ):  # retain images once; then teacher and student forwards, a student backward
             forward += self.num_retain_images * self.anchor_steps * 2 + updates * 2 * self.batch_size
             backward += updates * self.batch_size
+        if self.salient_share < 1.0:  # the ranking: teacher and student forwards, a student backward per sample
+            forward += self.saliency_batches * self.batch_size * 2
+            backward += self.saliency_batches * self.batch_size
         if self.robust:  # each attack iteration: teacher and student forwards, a student backward
             attacked = math.ceil(updates / self.robust_every) * len(self.robust_attacks) * self.robust_prompts
             forward += attacked * self.robust_iterations * 2
@@ -265,6 +282,22 @@ def run(pipeline, request, config: DoCoConfig, session):
             pipeline, request, config.robust_attacks, config.robust_tokens, device, session.generator
         )
 
+    # Saliency (`salient_share` < 1): rank the trained entries by the magnitude of the erasing loss's gradient
+    # (noise matching of the target prompt to the teacher's anchor prediction, on the erasing latents) before
+    # training; only the top share may change.
+    masks = None
+    if config.salient_share < 1.0:
+        total = {n: torch.zeros_like(p) for n, p in params.items()}
+        for _ in range(config.saliency_batches):
+            _, _, t, x_t, k = erasing.batch(config.batch_size, config.hflip)
+            with torch.no_grad():
+                goal = noise_prediction(teacher, x_t, t, anchor_emb[k])
+            loss = F.mse_loss(noise_prediction(unet, x_t, t, target_emb[k]), goal)
+            for n, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
+                total[n] += g
+        masks = saliency_masks(total, config.salient_share)
+        frozen_entries = {n: p.detach().clone() for n, p in params.items()}
+
     # 3. Discriminator and optimizers. Models are not DDP-wrapped: each step runs two backward passes (surgery)
     # and separate real/fake discriminator batches, so gradients are averaged across processes explicitly.
     with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves the global RNG alone
@@ -292,7 +325,8 @@ def run(pipeline, request, config: DoCoConfig, session):
     def gradients(loss) -> list[torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        return [accelerator.reduce(p.grad, "mean") for p in params.values()]
+        grads = [accelerator.reduce(p.grad, "mean") for p in params.values()]
+        return grads if masks is None else [g * masks[n] for n, g in zip(params, grads)]
 
     def bce(logits, label: float):
         return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
@@ -377,6 +411,10 @@ def run(pipeline, request, config: DoCoConfig, session):
                 p.grad = g
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if masks is not None:  # AdamW's weight decay would move the frozen entries too
+                with torch.no_grad():
+                    for n, p in params.items():
+                        p.copy_(torch.where(masks[n], p, frozen_entries[n]))
             losses.update(erase=erase_loss.item(), prior=prior_loss.item())
 
         if config.adversarial:

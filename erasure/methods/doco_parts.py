@@ -103,3 +103,15 @@ def clip_gradients(grads: list[torch.Tensor], max_norm: float) -> list[torch.Ten
     total = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     return [g * scale for g in grads]
+
+
+def saliency_masks(grads: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
+    """Boolean masks of the `share` of all entries with the largest |gradient| across `grads` (SalUn's weight
+    saliency, Fan et al., ICLR 2024: only the weights that matter most to the forgetting loss may change).
+    Ties at the threshold are kept, so at least `share` of the entries are marked."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"the salient share must be within (0, 1], not {share}.")
+    magnitudes = torch.cat([g.detach().abs().flatten().float() for g in grads.values()])
+    keep = max(1, math.ceil(share * magnitudes.numel()))
+    threshold = torch.topk(magnitudes, keep, sorted=False).values.min()
+    return {n: g.detach().abs().float() >= threshold for n, g in grads.items()}

@@ -15,6 +15,7 @@ from erasure.methods.base import (
     unet_parameters,
 )
 from erasure.methods.doco import DoCoConfig
+from erasure.methods.doco_parts import saliency_masks
 from erasure.methods.request import build_request
 from pipelines.conditioning import encode_prompts
 from pipelines.slots import SLOT
@@ -188,3 +189,31 @@ def test_concept_renders_are_the_erasing_latents(tiny_pipeline, tiny_pipeline_di
     ).exists()
     assert result.delta and not any(".attn2." in n for n in result.delta)
     assert any("attack" in h for h in result.history)
+
+
+def test_saliency_masks_keep_the_largest_gradients():
+    grads = {"a": torch.tensor([0.1, -3.0, 0.5]), "b": torch.tensor([[2.0, -0.2], [0.0, 1.0]])}
+    masks = saliency_masks(grads, 3 / 7)  # the three largest |g| of seven: 3.0, 2.0, 1.0
+    assert masks["a"].tolist() == [False, True, False]
+    assert masks["b"].tolist() == [[True, False], [False, True]]
+    assert all(m.all() for m in saliency_masks(grads, 1.0).values())
+    with pytest.raises(ValueError, match="salient share"):
+        saliency_masks(grads, 0.0)
+    with pytest.raises(ValueError, match="salient_share"):
+        DoCoConfig(salient_share=1.5)
+
+
+def test_salient_share_changes_only_the_most_salient_entries(tiny_pipeline_dir):
+    """With salient_share 0.05 of a wide trained set, at most about 5% of its entries move (AdamW's weight decay
+    included), and a plain run moves far more."""
+    config = DoCoConfig(**{**ROBUST, "trainable": "noxattn", "salient_share": 0.05, "saliency_batches": 2})
+    original = dict(fresh(tiny_pipeline_dir).unet.named_parameters())
+    size = sum(p.numel() for p in unet_parameters(fresh(tiny_pipeline_dir).unet, "noxattn").values())
+
+    def moved(share):
+        run = DoCoConfig(**{**config.__dict__, "salient_share": share})
+        unet = erase(fresh(tiny_pipeline_dir), "van gogh", config=run, seed=0, progress=False).pipeline.unet
+        return sum(int((p != original[n]).sum()) for n, p in unet.named_parameters())
+
+    assert 0 < moved(0.05) <= 0.051 * size
+    assert moved(1.0) > 0.5 * size
