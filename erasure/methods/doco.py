@@ -18,9 +18,9 @@ The retain spring (`retain_weight` > 0; not in the paper, on by default on Canva
 that the request's retain prompts (the other concepts' captions) produce: per projection W with original W0 and
 C the retain prompts' token embeddings (every position, or with `spring_tokens='content'` only the prompts'
 own tokens, so that the few content words are not outweighed by the padding), L_r = |(W - W0) C|^2 / |W0 C|^2,
-whose gradient 2 (W - W0) C^T C / |W0 C|^2 is added, times `retain_weight`, to every update. Every other prompt token's keys and values then stay near the
-original's, and with them the UNet's output for other concepts: the shared K/V drift that otherwise shows up as
-lower IRA/CRA and a larger FD on the rest of the world. In a chain (an erasure on top of an earlier one),
+whose gradient 2 (W - W0) C^T C / |W0 C|^2 is added, times `retain_weight`, to every update. Every other prompt
+token's keys and values then stay near the original's, and with them the UNet's output for other concepts: the
+shared K/V drift that otherwise shows up as lower IRA/CRA and a larger FD on the rest of the world. In a chain (an erasure on top of an earlier one),
 `hold_erased` > 0 adds the same spring, with its own weight, on the captions of the concepts erased before: their
 keys and values stay where the earlier erasure put them, so the new erasure does not bring them back.
 
