@@ -14,15 +14,15 @@ corrected g_a is applied; g_b steers the update but is not added. Without surger
 L_adv + 0.1 L_prior: g_a + prior_weight * g_b, clipped together. The 'normalized' rule removes lambda|cos| times
 the *unit* vector g_b/|g_b| whatever |g_a| is; 'pcgrad' removes exactly g_a's conflicting component.
 
-The retain spring (`retain_weight` > 0; not in the paper, on by default on Canvas) keeps the keys and values
-that the request's retain prompts (the other concepts' captions) produce: per projection W with original W0 and
-C the retain prompts' token embeddings (every position, or with `spring_tokens='content'` only the prompts'
-own tokens, so that the few content words are not outweighed by the padding), L_r = |(W - W0) C|^2 / |W0 C|^2,
-whose gradient 2 (W - W0) C^T C / |W0 C|^2 is added, times `retain_weight`, to every update. Every other prompt
-token's keys and values then stay near the original's, and with them the UNet's output for other concepts: the
-shared K/V drift that otherwise shows up as lower IRA/CRA and a larger FD on the rest of the world. In a chain (an erasure on top of an earlier one),
-`hold_erased` > 0 adds the same spring, with its own weight, on the captions of the concepts erased before: their
-keys and values stay where the earlier erasure put them, so the new erasure does not bring them back.
+The retain spring (`retain_weight` > 0; not in the paper, on by default on Canvas) keeps the keys and values that
+the request's retain prompts (the other concepts' captions) produce: per projection W with original W0 and C the
+retain prompts' token embeddings (every position, or with `spring_tokens='content'` only the prompts' own tokens, so
+that the few content words are not outweighed by the padding), L_r = |(W - W0) C|^2 / |W0 C|^2, whose gradient 2 (W
+- W0) C^T C / |W0 C|^2 is added, times `retain_weight`, to every update. Every other prompt token's keys and values
+then stay near the original's, and with them the UNet's output for other concepts: the shared K/V drift that
+otherwise shows up as lower IRA/CRA and a larger FD on the rest of the world. In a chain (an erasure on top of an
+earlier one), `hold_erased` > 0 adds the same spring, with its own weight, on the captions of the concepts erased
+before: their keys and values stay where the earlier erasure put them, so the new erasure does not bring them back.
 
 Robust DoCo (`robust=True`; not in the paper): every `robust_every` UNet updates, an inner attack
 (erasure/methods/adversaries.py) finds soft-prompt and inverted-token embeddings that make the current UNet draw
@@ -224,7 +224,9 @@ class DoCoConfig(AnchorImagesConfig):
         ):  # retain images once; then teacher and student forwards, a student backward
             forward += self.num_retain_images * self.anchor_steps * 2 + updates * 2 * self.batch_size
             backward += updates * self.batch_size
-        if self.salient_share < 1.0:  # the ranking: teacher and student forwards, a student backward per sample
+        if (
+            self.salient_share < 1.0
+        ):  # the ranking: teacher and student forwards, a student backward per sample
             forward += self.saliency_batches * self.batch_size * 2
             backward += self.saliency_batches * self.batch_size
         if self.robust:  # each attack iteration: teacher and student forwards, a student backward
