@@ -3,7 +3,10 @@ see it go, and the rest stays.
 
 The budgets are shorter than the CLI's defaults (DOCO_STEPS, GAN_STEPS; the README's tables use the defaults) so
 that the suite stays fast; the bars are the same as at full length. The shipped models and the judges are loaded
-once per module.
+once per module. The two Text-to-Unlearn runs (about 2 and 4 minutes on 2 cores) are marked slow, to keep the
+suite within its 15 minutes: `python -m pytest -m slow tests/test_end_to_end.py` runs them; the README's
+Text-to-Unlearn table is the CLI's measurement of the same at full length (tests/methods/test_text_unlearn.py
+tests the unlearner's behaviour on a small generator).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def test_doco_erases_van_gogh_and_keeps_other_styles(judges):
         assert before[style] - after[style] <= 10, (style, before, after)
 
 
+@pytest.mark.slow
 @needs_canvas_gan
 def test_text_to_unlearn_removes_van_gogh_from_canvas_gan_and_keeps_the_rest(judges, canvas_gan):
     """Text-to-Unlearn on the shipped generator, judged on fixed latents the guide never saw."""
@@ -72,6 +76,7 @@ def test_text_to_unlearn_removes_van_gogh_from_canvas_gan_and_keeps_the_rest(jud
     assert numbers["rest_tv"] <= 0.10, numbers
 
 
+@pytest.mark.slow
 @needs_canvas_gan
 def test_text_to_unlearn_removes_most_trees_from_canvas_gan_and_keeps_the_rest(judges, canvas_gan):
     """An object, with the donor term: the judges' tree share falls at least by half, the other objects'
