@@ -3,10 +3,9 @@ see it go, and the rest stays.
 
 The budgets are shorter than the CLI's defaults (DOCO_STEPS, GAN_STEPS; the README's tables use the defaults) so
 that the suite stays fast; the bars are the same as at full length. The shipped models and the judges are loaded
-once per module. The two Text-to-Unlearn runs (about 2 and 4 minutes on 2 cores) are marked slow, to keep the
-suite within its 15 minutes: `python -m pytest -m slow tests/test_end_to_end.py` runs them; the README's
-Text-to-Unlearn table is the CLI's measurement of the same at full length (tests/methods/test_text_unlearn.py
-tests the unlearner's behaviour on a small generator).
+once per module. The object run (tree, about 4 minutes on 2 cores) is marked slow, to keep the suite within its
+15 minutes (`python -m pytest -m slow tests/test_end_to_end.py` runs it; the README's Text-to-Unlearn table is the
+CLI's measurement of the same at full length); the van gogh run keeps the unlearner's behaviour in every run.
 """
 
 from __future__ import annotations
@@ -65,7 +64,6 @@ def test_doco_erases_van_gogh_and_keeps_other_styles(judges):
         assert before[style] - after[style] <= 10, (style, before, after)
 
 
-@pytest.mark.slow
 @needs_canvas_gan
 def test_text_to_unlearn_removes_van_gogh_from_canvas_gan_and_keeps_the_rest(judges, canvas_gan):
     """Text-to-Unlearn on the shipped generator, judged on fixed latents the guide never saw."""
