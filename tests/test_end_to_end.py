@@ -3,7 +3,7 @@ see it go, and the rest stays.
 
 The budgets are shorter than the CLI's defaults (DOCO_STEPS, GAN_STEPS; the README's tables use the defaults) so
 that the suite stays fast; the bars are the same as at full length. The shipped models and the judges are loaded
-once per module. The object run (tree, about 4 minutes on 2 cores) is marked slow, to keep the suite within its
+once per module. The object run (tree, the longest of the three) is marked slow, to keep the suite within its
 15 minutes (`python -m pytest -m slow tests/test_end_to_end.py` runs it; the README's Text-to-Unlearn table is the
 CLI's measurement of the same at full length); the van gogh run keeps the unlearner's behaviour in every run.
 """

@@ -298,7 +298,7 @@ def run(pipeline, request, config: DoCoConfig, session):
             for n, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
                 total[n] += g
         masks = saliency_masks(total, config.salient_share)
-        frozen_entries = {n: p.detach().clone() for n, p in params.items()}
+        original = dict(teacher.named_parameters())  # what the entries outside the masks keep
 
     # 3. Discriminator and optimizers. Models are not DDP-wrapped: each step runs two backward passes (surgery)
     # and separate real/fake discriminator batches, so gradients are averaged across processes explicitly.
@@ -416,7 +416,7 @@ def run(pipeline, request, config: DoCoConfig, session):
             if masks is not None:  # AdamW's weight decay would move the frozen entries too
                 with torch.no_grad():
                     for n, p in params.items():
-                        p.copy_(torch.where(masks[n], p, frozen_entries[n]))
+                        p.copy_(torch.where(masks[n], p, original[n]))
             losses.update(erase=erase_loss.item(), prior=prior_loss.item())
 
         if config.adversarial:
