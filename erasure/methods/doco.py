@@ -46,6 +46,11 @@ trained set then changes only the weights that matter most to the concept.
 prediction for the target prompt to the teacher's for the anchor prompt (Concept Ablation, model-based), with
 the same schedule of UNet updates and the same surgery.
 
+`negative_guidance` > 0 (with `adversarial=False`; not in the paper) takes ESD's target instead of the anchor's
+prediction: the frozen teacher on the target prompt, guided away from the empty prompt by eta,
+eps*(x_t, '') - eta (eps*(x_t, c) - eps*(x_t, '')); with the inner attack, the adversarial prompts are trained
+towards the same target, as AdvUnlearn does. A stable signal that does not depend on winning a GAN game.
+
 `erase_on='concept'` (not in the paper) noises the concept's own renders (the frozen pipeline's images of the
 target prompts, generated once like the anchors) for the erasing step and the inner attack, instead of the
 anchor images: the states a sampler passes through when it draws the concept, which is where a UNet trained
@@ -81,6 +86,7 @@ from erasure.methods.doco_parts import (
     saliency_masks,
     surgery,
 )
+from erasure.methods.esd import esd_target
 from pipelines.conditioning import encode_prompts, noise_prediction, prompt_token_mask
 from pipelines.diffusion import diffusion_target
 
@@ -121,6 +127,10 @@ class DoCoConfig(AnchorImagesConfig):
     )
     adversarial: bool = option(
         True, "False: noise matching to the teacher instead of the discriminator (ablation)"
+    )
+    negative_guidance: float = option(
+        0.0,
+        "with adversarial=False, > 0: ESD's negatively guided target with this eta instead of the anchor's",
     )
     erase_on: str = option(
         "anchor", "latents the erasing step and the inner attack noise: 'anchor' (the paper's) or 'concept'"
@@ -174,6 +184,8 @@ class DoCoConfig(AnchorImagesConfig):
             raise ValueError(f"spring_tokens must be 'all' or 'content', not {self.spring_tokens!r}.")
         if self.erase_on not in ("anchor", "concept"):
             raise ValueError(f"erase_on must be 'anchor' or 'concept', not {self.erase_on!r}.")
+        if self.negative_guidance < 0 or (self.negative_guidance > 0 and self.adversarial):
+            raise ValueError("negative_guidance must be 0, or positive with adversarial=False.")
         if not 0.0 <= self.robust_share <= 1.0:
             raise ValueError(f"robust_share must be within [0, 1], not {self.robust_share}.")
 
@@ -259,6 +271,7 @@ def run(pipeline, request, config: DoCoConfig, session):
     if config.erase_on == "concept":
         erasing = AnchorData(pipeline, request, config, session, scheduler, "target")
     target_emb = encode_prompts(pipeline, request.target_prompts, device)
+    uncond_emb = encode_prompts(pipeline, [""], device) if config.negative_guidance > 0 else None
     anchor_emb = encode_prompts(pipeline, request.anchor_prompts, device)
     spring = retain = None
     kv = {n: p for n, p in cross_attention_kv(teacher).items() if n in params}  # what the spring can hold
@@ -376,6 +389,9 @@ def run(pipeline, request, config: DoCoConfig, session):
                 erase_loss = bce(
                     disc(x0_target, pair_head[k]), 0.0
                 )  # the target's outputs should look like the anchor's
+            elif config.negative_guidance > 0:
+                goal = esd_target(teacher, x_t, t, target_emb[k], uncond_emb, config.negative_guidance)
+                erase_loss = F.mse_loss(eps_target, goal)
             else:
                 erase_loss = F.mse_loss(eps_target, eps_anchor)
             g_a = gradients(erase_loss)

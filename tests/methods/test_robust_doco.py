@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -16,8 +18,9 @@ from erasure.methods.base import (
 )
 from erasure.methods.doco import DoCoConfig
 from erasure.methods.doco_parts import saliency_masks
+from erasure.methods.esd import esd_target
 from erasure.methods.request import build_request
-from pipelines.conditioning import encode_prompts
+from pipelines.conditioning import encode_prompts, noise_prediction
 from pipelines.slots import SLOT
 from tests.helpers import TINY_DOCO, fresh, interrupted_after_checkpoint
 
@@ -217,3 +220,38 @@ def test_salient_share_changes_only_the_most_salient_entries(tiny_pipeline_dir):
 
     assert 0 < moved(0.05) <= 0.051 * size
     assert moved(1.0) > 0.5 * size
+
+
+def test_negative_guidance_pulls_the_concept_towards_esds_target(tiny_pipeline, tiny_pipeline_dir):
+    """`negative_guidance` > 0: the target prompts' predictions move towards the teacher's negatively guided
+    one (ESD's target), closer than noise matching to the anchor's prediction brings them."""
+    config = DoCoConfig(
+        **{**TINY_DOCO, "steps": 10, "adversarial": False, "trainable": "noxattn", "learning_rate": 1e-4}
+    )
+    request = build_request(tiny_pipeline, "van gogh")
+    target = encode_prompts(tiny_pipeline, request.target_prompts[::10], "cpu")
+    uncond = encode_prompts(tiny_pipeline, [""], "cpu")
+    teacher = tiny_pipeline.unet
+    generator = torch.Generator().manual_seed(5)
+    x_t = torch.randn((len(target.hidden), teacher.config.in_channels, 8, 8), generator=generator)
+    t = torch.randint(100, 900, (len(x_t),), generator=generator)
+    goal = esd_target(teacher, x_t, t, target, uncond, 1.0)
+
+    def distance(unet) -> float:
+        with torch.no_grad():
+            return float(((noise_prediction(unet, x_t, t, target) - goal) ** 2).mean())
+
+    runs = {
+        eta: erase(
+            fresh(tiny_pipeline_dir), "van gogh", config=replace(config, negative_guidance=eta), seed=0
+        )
+        for eta in (0.0, 1.0)
+    }
+    guided, anchored = distance(runs[1.0].pipeline.unet), distance(runs[0.0].pipeline.unet)
+    assert guided < 0.85 * distance(teacher) and guided < 0.8 * anchored, (
+        guided,
+        anchored,
+        distance(teacher),
+    )
+    with pytest.raises(ValueError, match="negative_guidance"):
+        DoCoConfig(negative_guidance=1.0)  # the discriminator's run has no such target
