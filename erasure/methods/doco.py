@@ -231,6 +231,8 @@ class DoCoConfig(AnchorImagesConfig):
         generation = self.num_anchor_images * self.anchor_steps * 2 * (2 if self.erase_on == "concept" else 1)
         forward = generation + self.d_warmup * 2 * self.batch_size + updates * 3 * self.batch_size
         backward = updates * 2 * self.batch_size
+        if self.negative_guidance > 0:  # ESD's target: teacher forwards on the empty and the target prompt
+            forward += updates * 2 * self.batch_size
         if (
             self.retain_distill > 0
         ):  # retain images once; then teacher and student forwards, a student backward
@@ -390,7 +392,8 @@ def run(pipeline, request, config: DoCoConfig, session):
                     disc(x0_target, pair_head[k]), 0.0
                 )  # the target's outputs should look like the anchor's
             elif config.negative_guidance > 0:
-                goal = esd_target(teacher, x_t, t, target_emb[k], uncond_emb, config.negative_guidance)
+                with accelerator.autocast():
+                    goal = esd_target(teacher, x_t, t, target_emb[k], uncond_emb, config.negative_guidance)
                 erase_loss = F.mse_loss(eps_target, goal)
             else:
                 erase_loss = F.mse_loss(eps_target, eps_anchor)
