@@ -233,14 +233,12 @@ class DoCoConfig(AnchorImagesConfig):
         backward = updates * 2 * self.batch_size
         if self.negative_guidance > 0:  # ESD's target: teacher forwards on the empty and the target prompt
             forward += updates * 2 * self.batch_size
-        if (
-            self.retain_distill > 0
-        ):  # retain images once; then teacher and student forwards, a student backward
+        # Retain distillation: the retain images once; then teacher and student forwards, a student backward.
+        if self.retain_distill > 0:
             forward += self.num_retain_images * self.anchor_steps * 2 + updates * 2 * self.batch_size
             backward += updates * self.batch_size
-        if (
-            self.salient_share < 1.0
-        ):  # the ranking: teacher and student forwards, a student backward per sample
+        # Saliency's ranking: teacher and student forwards, a student backward per sample.
+        if self.salient_share < 1.0:
             forward += self.saliency_batches * self.batch_size * 2
             backward += self.saliency_batches * self.batch_size
         if self.robust:  # each attack iteration: teacher and student forwards, a student backward
