@@ -23,6 +23,10 @@ then stay near the original's, and with them the UNet's output for other concept
 otherwise shows up as lower IRA/CRA and a larger FD on the rest of the world. In a chain (an erasure on top of an
 earlier one), `hold_erased` > 0 adds the same spring, with its own weight, on the captions of the concepts erased
 before: their keys and values stay where the earlier erasure put them, so the new erasure does not bring them back.
+`hold_anchors` > 0 adds it on the anchor's own captions (the pairs' anchor prompts): the erasure pulls each
+concept into the anchor's domain, and the anchor's captions, which share their object words with the concept's,
+must not drift towards the concept instead (on Canvas the anchor 'plain' is also among the retain prompts, but
+there one style of many).
 
 Robust DoCo (`robust=True`; not in the paper): every `robust_every` UNet updates, an inner attack
 (erasure/methods/adversaries.py) finds soft-prompt and inverted-token embeddings that make the current UNet draw
@@ -121,6 +125,9 @@ class DoCoConfig(AnchorImagesConfig):
     )
     hold_erased: float = option(
         0.0, "weight of a second spring on the captions of concepts erased before (chains; 0 = off)"
+    )
+    hold_anchors: float = option(
+        0.0, "weight of a third spring on the anchor's own captions, the pairs' anchor prompts (0 = off)"
     )
     spring_tokens: str = option(
         "all", "token positions the springs hold: 'all' 77 or 'content' (the prompts' own, padding left out)"
@@ -291,6 +298,10 @@ def run(pipeline, request, config: DoCoConfig, session):
         held = spring_on(erased, encode_prompts(pipeline, erased, device).hidden)
     if config.retain_distill > 0 and request.retain_prompts:
         retain = AnchorData(pipeline, request, config, session, scheduler, "retain", config.num_retain_images)
+    anchored = None
+    if config.hold_anchors > 0 and kv:
+        own = list(dict.fromkeys(request.anchor_prompts))
+        anchored = spring_on(own, encode_prompts(pipeline, own, device).hidden)
     adversaries = None
     if config.robust:
         adversaries = AdversarialPrompts(
@@ -409,6 +420,7 @@ def run(pipeline, request, config: DoCoConfig, session):
             for name, each, weight in (
                 ("retain", spring, config.retain_weight),
                 ("held", held, config.hold_erased),
+                ("anchors", anchored, config.hold_anchors),
             ):
                 if each is not None:
                     pull = each.gradients(params)

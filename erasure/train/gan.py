@@ -19,7 +19,12 @@ The generator is a sampler of z alone (z in, image out). Two recipes:
   recipe drew objects that the object judge was rarely sure of and that the two independent classifiers read
   differently about half the time (README, "Measured on this machine"); an unlearner cannot remove an object
   that no reader can find.
-The heads are part of D, trained here on the renders' labels; the judges only watch.
+  With `--reader-weight` > 0 a frozen reader trained apart from this run, canvas-clip (`--reader`), also reads
+  each fake, shifted by a few random pixels, and its zero-shot cross-entropy against z's picks joins the
+  generator's loss (a frozen classifier's guidance, as in vision-aided GAN training, Kumari et al. CVPR 2022).
+  Why: D's heads learn the objects alongside the generator and are easily satisfied by blobs; a reader that
+  already tells the objects apart asks for their shapes from the first step, and it is the unlearner's guide.
+The heads are part of D, trained here on the renders' labels; the judges only watch and never train anything.
 
 Every `--log-every` steps the EMA generator draws 520 fixed latents and the judges (assets/judges) say which style
 and object each sample shows: the share of every class, compared with uniform, and the Frechet distance of judge
@@ -65,6 +70,7 @@ from eval.gan_eval import (
     object_clarity,
     sample,
 )
+from pipelines.canvas_clip import CANVAS_CLIP, CanvasClip
 from pipelines.stylegan import (
     CANVAS_GAN,
     Generator,
@@ -95,15 +101,44 @@ def spread_loss(logits: torch.Tensor) -> torch.Tensor:
     return per_sample - of_mean
 
 
+class ReaderLoss:
+    """A frozen reader's cross-entropy against each fake's latent classes: canvas-clip's zero-shot style and
+    object logits (summed over the other attribute, `CanvasClip.style_object_logits`) on the fakes, each shifted
+    by up to `shift` pixels (reflect-padded; one random offset per sample from the global RNG), so that the
+    generator cannot please the reader with a pixel-exact pattern. The reader's weights never change."""
+
+    def __init__(self, reader: CanvasClip, shift: int = 2):
+        self.reader, self.shift = reader, shift
+        self.pair_text = reader.pair_texts()
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        padded = F.pad(images, [self.shift] * 4, mode="reflect")
+        dy, dx = torch.randint(0, 2 * self.shift + 1, (2, n)).tolist()
+        shifted = torch.stack([padded[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(zip(dy, dx))])
+        pairs = self.reader.pair_logits(self.reader.image(shifted), self.pair_text)
+        style, obj = self.reader.style_object_logits(pairs)
+        return F.cross_entropy(style, labels[:, 0]) + F.cross_entropy(obj, labels[:, 1])
+
+
 def generator_step(
-    G, D, opt_G, batch: int, device, spread_weight: float = 0.0, class_weight: float = 0.0
+    G,
+    D,
+    opt_G,
+    batch: int,
+    device,
+    spread_weight: float = 0.0,
+    class_weight: float = 0.0,
+    reader: ReaderLoss | None = None,
+    reader_weight: float = 0.0,
 ) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
     """G update with the non-saturating loss softplus(-D(G(z))); D is frozen.
 
     Plus, when positive, `spread_weight` x spread_loss over D's classifier heads (unconditional generator), or,
     for a generator with latent classes, `class_weight` x the heads' cross-entropy against the classes each z
-    picked (AC-GAN's generator term: each sample should read as its own style and object). Returns
-    ({"g": the non-saturating loss, "spread" or "cls_g"}, detached fakes, their latent classes or None).
+    picked (AC-GAN's generator term: each sample should read as its own style and object), and `reader_weight`
+    x the frozen `reader`'s cross-entropy against the same picks. Returns ({"g": the non-saturating loss,
+    "spread", "cls_g" or "reader"}, detached fakes, their latent classes or None).
     """
     D.requires_grad_(False)
     z = torch.randn(batch, G.config.z_dim, device=device)
@@ -118,6 +153,8 @@ def generator_step(
         extra["cls_g"] = class_weight, sum(F.cross_entropy(g, labels[:, i]) for i, g in enumerate(groups))
     else:
         logits = D(fake, labels)
+    if reader is not None and reader_weight > 0:
+        extra["reader"] = reader_weight, reader(fake, labels)
     adversarial = F.softplus(-logits).mean()
     loss = adversarial + sum(weight * term for weight, term in extra.values())
     opt_G.zero_grad(set_to_none=True)
@@ -236,6 +273,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--class-weight", type=float, default=CLASS_WEIGHT, help="with --latent-classes")
     parser.add_argument(
+        "--reader-weight",
+        type=float,
+        default=0.0,
+        help="with --latent-classes: weight of the frozen reader's cross-entropy against z's picks (ReaderLoss)",
+    )
+    parser.add_argument("--reader", type=Path, default=CANVAS_CLIP, help="the reader: a canvas-clip folder")
+    parser.add_argument(
         "--input-from-w",
         action="store_true",
         help="the generator's 4x4 input follows w (GeneratorConfig.input_from_w), not a constant alone",
@@ -272,6 +316,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.spread_weight is None:
         args.spread_weight = 0.0 if args.latent_classes else SPREAD_WEIGHT
+    if args.reader_weight < 0 or (args.reader_weight > 0 and not args.latent_classes):
+        parser.error("--reader-weight must be 0, or positive with --latent-classes (it reads z's picks).")
+    if args.reader_weight > 0 and not (args.reader / "config.json").exists():
+        parser.exit(2, f"error: --reader {args.reader} holds no canvas-clip (config.json is missing).\n")
     if args.latent_classes and args.spread_weight > 0:
         parser.error(
             "--spread-weight spreads an unconditional generator's classes; with --latent-classes z picks them."
@@ -316,10 +364,13 @@ def main(argv=None) -> Path:
         "class_weight",
         "input_from_w",
         "init_from",
+        "reader_weight",
     )
     recipe = {k: getattr(args, k) for k in same}
     recipe["init_from"] = args.init_from.name if args.init_from else None
     meta = {"recipe": recipe, "generator": config_to_json(g_config), "discriminator": asdict(d_config)}
+
+    reader = ReaderLoss(CanvasClip(args.reader, device)) if args.reader_weight > 0 else None
 
     latest = latest_checkpoint(args.checkpoint_dir) if args.resume else None
     if latest is not None and read_state(latest).get("recipe") != recipe:
@@ -383,6 +434,8 @@ def main(argv=None) -> Path:
             device,
             args.spread_weight,
             args.class_weight if args.latent_classes else 0,
+            reader,
+            args.reader_weight,
         )
         g_loss = g_out["g"]
         do_r1 = step % args.r1_interval == 0

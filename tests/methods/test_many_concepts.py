@@ -148,3 +148,29 @@ def test_a_later_erasure_holds_the_earlier_ones_with_hold_erased(tiny_pipeline, 
 
     held, free = drift(100.0), drift(0.0)
     assert held < 0.5 * free
+
+
+def test_hold_anchors_keeps_the_anchors_own_captions(tiny_pipeline):
+    """DoCo's `hold_anchors` spring keeps the keys and values of the anchor's own captions (the pairs' anchor
+    prompts) near the original's: the erasure moves them less than without it."""
+    from erasure.methods.base import cross_attention_kv
+
+    latents, _, _ = fixed_batch(tiny_pipeline)
+    request = build_request(tiny_pipeline, ["van gogh", "monet"])
+    anchor_states = encode_prompts(tiny_pipeline, sorted(set(request.anchor_prompts)), "cpu").hidden
+    kv0 = {n: w.detach().clone() for n, w in cross_attention_kv(tiny_pipeline.unet).items()}
+
+    def drift(hold: float) -> float:
+        config = {**CONFIGS["doco"], "hold_anchors": hold}
+        after = cross_attention_kv(
+            erase(
+                tiny_pipeline, ["van gogh", "monet"], config=config, anchor_latents=latents, progress=False
+            ).pipeline.unet
+        )
+        return sum(
+            float(((after[n].detach() - w0) @ anchor_states.reshape(-1, w0.shape[1]).T).norm())
+            for n, w0 in kv0.items()
+        )
+
+    held, free = drift(100.0), drift(0.0)
+    assert free > 0 and held < 0.5 * free

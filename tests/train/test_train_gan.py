@@ -137,3 +137,57 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     a, b = load_generator(whole / "out"), load_generator(parts / "out")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_the_reader_loss_is_canvas_clips_cross_entropy_and_teaches_the_generator(tiny_clip_dir):
+    """ReaderLoss without a shift is the cross-entropy of canvas-clip's zero-shot style and object logits against
+    the picks; generator steps with it lower it on fixed latents, and the reader's weights never change."""
+    import torch.nn.functional as F
+
+    from erasure.train.gan import ReaderLoss
+    from pipelines.canvas_clip import CanvasClip
+
+    clip = CanvasClip(tiny_clip_dir)
+    reader, still = ReaderLoss(clip, shift=0), ReaderLoss(clip, shift=2)
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    labels = torch.tensor([[0, 1], [5, 9], [12, 0]])
+    style, obj = clip.style_object_logits(clip.pair_logits(clip.image(images), reader.pair_text))
+    by_hand = F.cross_entropy(style, labels[:, 0]) + F.cross_entropy(obj, labels[:, 1])
+    assert reader(images, labels).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert still(images, labels).item() != pytest.approx(by_hand.item(), rel=1e-5)  # shifted views
+
+    z = torch.randn(32, SMALL.z_dim, generator=torch.Generator().manual_seed(1))
+    clip0 = snapshot(clip.model)
+
+    def fall(weight: float) -> float:
+        """How much 20 generator steps with the reader at `weight` lower its loss on fixed latents."""
+        torch.manual_seed(0)
+        G = Generator(GeneratorConfig(**{**SMALL.__dict__, "latent_classes": (13, 10)}))
+        D = Discriminator(DiscriminatorConfig(**{**SMALL_D_HEADS.__dict__, "condition_counts": (13, 10)}))
+        opt_G, _ = make_optimizers(G, D, lr=0.01, r1_interval=4)
+        read = [reader(G(z), G.latent_classes(z)).item()]
+        for _ in range(20):
+            out, _, _ = generator_step(G, D, opt_G, 16, "cpu", 0.0, 0.0, still, weight)
+            assert ("reader" in out) == (weight > 0)
+        read.append(reader(G(z), G.latent_classes(z)).item())
+        return read[0] - read[1]
+
+    # The random tiny reader's logits span little, so its loss can only fall a little (from log 13 + log 10).
+    taught, untaught = fall(10.0), fall(0.0)
+    assert taught > 0.05 and taught > 3 * untaught
+    assert not changed(clip0, clip.model), "the reader is frozen"
+
+
+def test_bad_reader_inputs_exit_with_one_sentence(tmp_path, capsys):
+    from erasure.train.gan import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["--reader-weight", "1", "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
+        )
+    assert exit_info.value.code == 2 and "positive with --latent-classes" in capsys.readouterr().err
+    argv = ["--latent-classes", "--reader-weight", "1", "--reader", str(tmp_path / "nowhere")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "holds no canvas-clip" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
