@@ -14,9 +14,9 @@ one after another (--mode sequential). --model may be an earlier run's folder (o
 starts from that pipeline, its erasure.json and delta carry the whole chain from the original base, and the
 evaluation counts every concept erased so far as erased.
 `--model canvas-gan` runs Text-to-Unlearn on the shipped StyleGAN2-lite instead (generator/, unlearning.json,
-metrics.json, grid.png, report.html). User errors (an empty or unknown concept, a missing model folder, an
-unreachable hub id, an existing output without --overwrite, --steps for a closed-form method) print one sentence
-and exit with code 2.
+metrics.json, grid.png, report.html), or on another canvas-gan folder given by --generator. User errors (an empty
+or unknown concept, a missing model folder, an unreachable hub id, an existing output without --overwrite, --steps
+for a closed-form method) print one sentence and exit with code 2.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ def parse_args(argv):
     parser.add_argument("--method", default="doco", choices=sorted(METHODS))
     parser.add_argument(
         "--model", default="canvas-sd", help="canvas-sd, a local diffusers folder or a hub id"
+    )
+    parser.add_argument(
+        "--generator",
+        type=Path,
+        help="with --model canvas-gan: a folder written by erasure.train.gan to unlearn (default: the shipped one)",
     )
     parser.add_argument("--anchor", help="what the concept should become (default: plain for styles)")
     parser.add_argument(
@@ -162,6 +167,8 @@ def validate(args) -> tuple[list[str], Path]:
         raise UsageError("--eval-seeds must be at least 1.")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1.")
+    if args.generator is not None and args.model != GAN_MODEL:
+        raise UsageError("--generator names a canvas-gan to unlearn: use it with --model canvas-gan.")
     if args.mode == "sequential" and args.model == GAN_MODEL:
         raise UsageError(
             "canvas-gan unlearns its concepts together; --mode sequential is for diffusion models."
@@ -324,10 +331,9 @@ def run_canvas_gan(args) -> Path:
         )
     from pipelines.stylegan import CANVAS_GAN
 
-    if not (CANVAS_GAN / "config.json").exists():
-        raise UsageError(
-            f"canvas-gan not found in {CANVAS_GAN}; train it with `python -m erasure.train.gan`."
-        )
+    source = args.generator or CANVAS_GAN
+    if not (source / "config.json").exists():
+        raise UsageError(f"canvas-gan not found in {source}; train it with `python -m erasure.train.gan`.")
     import torch
 
     from erasure.engine import unlearn
@@ -336,14 +342,14 @@ def run_canvas_gan(args) -> Path:
 
     torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = load_generator(CANVAS_GAN, device)
+    base = load_generator(source, device)
     checkpoints = out.with_name(out.name + ".checkpoints")
     config = TextUnlearnConfig(seed=args.seed)
     new, info = unlearn(
         base, concepts, config, steps=args.steps, checkpoint_dir=checkpoints, resume=args.resume
     )
     with atomic_folder(out) as tmp:
-        info["base"] = str(CANVAS_GAN)
+        info["base"] = str(source)
         unlearning = {k: v for k, v in info.items() if k != "history"}
         save_generator(new.cpu(), tmp / "generator", extra={"unlearning": unlearning})
         (tmp / "unlearning.json").write_text(json.dumps(info, indent=2))

@@ -35,6 +35,7 @@ from erasure import run as cli
         (["--concept", "cat", "--concept", "kitten"], "'cat' is named twice"),
         (["--concept", "van gogh", "--concept", "cat"], "use --mode sequential"),
         (["--concept", "van gogh", "--model", "canvas-gan", "--mode", "sequential"], "unlearns its concepts"),
+        (["--concept", "van gogh", "--generator", "assets/canvas-gan"], "use it with --model canvas-gan"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path, capsys, argv, message):

@@ -16,6 +16,7 @@ from erasure import run as cli
         (["--concept", "van gogh", "--concept", "dali"], "unknown Canvas concept"),
         (["--concept", "van gogh", "--anchor", "monet"], "takes no --anchor"),
         (["--concept", "van gogh", "--steps", "0"], "--steps must be a positive"),
+        (["--concept", "van gogh", "--generator", "no-such-gan"], "canvas-gan not found in no-such-gan"),
     ],
 )
 def test_cli_bad_inputs_exit_2_without_output(tmp_path, capsys, argv, message):
@@ -42,3 +43,18 @@ def test_cli_existing_output_and_missing_generator_exit_2(tmp_path, capsys, monk
     err = capsys.readouterr().err.strip()
     assert "canvas-gan not found" in err and err.count("\n") == 0
     assert not fresh.exists()
+
+
+def test_cli_unlearns_the_generator_it_is_given(tmp_path, capsys):
+    """--generator: the run starts from that folder's generator (a small one here) and records it as the base."""
+    import json
+
+    from pipelines.stylegan import load_generator, save_generator
+    from tests.helpers import small_generator
+
+    save_generator(small_generator(), tmp_path / "small")
+    out = tmp_path / "run"
+    argv = ["--model", "canvas-gan", "--generator", str(tmp_path / "small"), "--concept", "van gogh"]
+    assert cli.main([*argv, "--steps", "2", "--no-eval", "--out", str(out)]) == 0
+    assert json.loads((out / "unlearning.json").read_text())["base"] == str(tmp_path / "small")
+    assert load_generator(out / "generator").config == load_generator(tmp_path / "small").config
