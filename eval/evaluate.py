@@ -37,6 +37,7 @@ from eval.answer_set import AnswerSet, generate_answer_set, world_items
 from eval.grid import image_grid
 from eval.judges.models import Judges, world_prompt
 from eval.metrics import (
+    anchor_accuracy,
     clip_accuracy,
     clip_score,
     erased_to,
@@ -157,6 +158,8 @@ PER_CONCEPT = (
     "base_ua",
     "base_ira",
     "base_cra",
+    "anchor_accuracy",
+    "base_anchor_accuracy",
     "erased_to",
     "base_erased_to",
 )
@@ -226,6 +229,8 @@ def evaluate_erasure(
             "base_ua": base_scores["ua"],
             "base_ira": base_scores["ira"],
             "base_cra": base_scores["cra"],
+            "anchor_accuracy": anchor_accuracy(erased_records, a, k),
+            "base_anchor_accuracy": anchor_accuracy(base_records, a, k),
             "erased_to": erased_to(erased_records, c, k),
             "base_erased_to": erased_to(base_records, c, k),
         }
@@ -277,6 +282,11 @@ def _definitions(concepts, kinds, anchors, n_items, n_seeds, n_alias, settings) 
         "base_ua": "UA of the original model on the same answer set",
         "base_ira": "IRA of the original model on the same answer set, the same concepts left out",
         "base_cra": "CRA of the original model on the same answer set, the same concepts left out",
+        "anchor_accuracy": (
+            f"{judge} accuracy on the images prompted with the anchor itself ({', '.join(anchors)}), which IRA "
+            f"leaves out: an erasure must not draw its anchor as the erased {what}{mean}"
+        ),
+        "base_anchor_accuracy": "the same accuracy for the original model",
         "per_class": (
             f"every style's style accuracy and every object's object accuracy ({judge}) on the answer set, base and "
             "erased, and their change (erased - base, percentage points)"

@@ -92,6 +92,14 @@ def unlearning_scores(
     raise ValueError(f"kind must be 'style' or 'object', not {kind!r}.")
 
 
+def anchor_accuracy(records: Iterable[Judged], anchor: str, kind: str) -> float:
+    """The anchor's own accuracy: style_acc[anchor] for a style erasure, obj_acc[anchor] for an object erasure
+    (NaN when no image was prompted with it). IRA leaves `plain` out, so a style erasure that draws the anchor's
+    own captions in the erased style shows only here."""
+    accuracy = style_accuracy(records) if kind == "style" else object_accuracy(records)
+    return accuracy.get(anchor, math.nan)
+
+
 def _as_float64(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()

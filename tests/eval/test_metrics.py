@@ -14,6 +14,7 @@ from erasure.canvas.render import render
 from erasure.canvas.world import OBJECTS
 from eval.metrics import (
     Judged,
+    anchor_accuracy,
     clip_accuracy,
     clip_score,
     erased_to,
@@ -87,6 +88,13 @@ def test_scores_leave_every_erased_concept_out_of_what_is_retained():
     # cat and bird erased: IRA = fish = 100; with van gogh erased before, CRA = monet alone = 75.
     objects = unlearning_scores(OBJECT_ERASURE, "cat", "object", also_erased=["bird", "van gogh"])
     assert objects == pytest.approx({"ua": 75.0, "ira": 100.0, "cra": 75.0})
+
+
+def test_anchor_accuracy_by_hand():
+    # plain (the style anchor) 1/2 = 50; fish (an object anchor) 2/2 = 100; an anchor without images is NaN.
+    assert anchor_accuracy(STYLE_ERASURE, "plain", "style") == 50.0
+    assert anchor_accuracy(OBJECT_ERASURE, "fish", "object") == 100.0
+    assert math.isnan(anchor_accuracy(OBJECT_ERASURE, "boat", "object"))
 
 
 def test_unlearning_scores_refuse_what_they_cannot_score():
