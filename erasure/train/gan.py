@@ -368,7 +368,9 @@ def main(argv=None) -> Path:
     )
     recipe = {k: getattr(args, k) for k in same}
     recipe["init_from"] = args.init_from.name if args.init_from else None
-    recipe["reader"] = str(args.reader) if args.reader_weight > 0 else None  # another reader is another recipe
+    recipe["reader"] = (
+        str(args.reader) if args.reader_weight > 0 else None
+    )  # another reader is another recipe
     meta = {"recipe": recipe, "generator": config_to_json(g_config), "discriminator": asdict(d_config)}
 
     reader = ReaderLoss(CanvasClip(args.reader, device)) if args.reader_weight > 0 else None
