@@ -87,7 +87,8 @@ def parse_args(argv):
         "--config",
         action="append",
         default=[],
-        help="field=value of the method's Config over its defaults (repeat; e.g. learning_rate=5e-6)",
+        help="field=value of the method's Config over its defaults (repeat; e.g. learning_rate=5e-6); with "
+        "--model canvas-gan, of Text-to-Unlearn's TextUnlearnConfig (e.g. train=all)",
     )
     parser.add_argument(
         "--threads",
@@ -176,13 +177,17 @@ def validate(args) -> tuple[list[str], Path]:
     if args.robust and (args.method != "doco" or args.model == GAN_MODEL):
         raise UsageError("--robust is robust DoCo: use it with --method doco on a text-to-image model.")
     args.overrides = {"robust": True} if args.robust else {}
+    if args.model == GAN_MODEL:
+        from erasure.gan import TextUnlearnConfig as config_class
+    else:
+        config_class = METHODS[args.method].Config
     for item in args.config:
         name, _, value = item.partition("=")
-        if not value or args.model == GAN_MODEL:
-            raise UsageError(f"--config {item!r} must read field=value, for a text-to-image method.")
+        if not value:
+            raise UsageError(f"--config {item!r} must read field=value.")
         try:
-            args.overrides[name] = parse_option(METHODS[args.method].Config, name, value)
-            METHODS[args.method].Config(**args.overrides)  # the method's own checks, before any model loads
+            args.overrides[name] = parse_option(config_class, name, value)
+            config_class(**args.overrides)  # the method's own checks, before any model loads
         except (ValueError, TypeError) as err:
             raise UsageError(f"--config {item!r}: {err}") from None
     if args.clip and not args.no_eval:
@@ -344,7 +349,7 @@ def run_canvas_gan(args) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = load_generator(source, device)
     checkpoints = out.with_name(out.name + ".checkpoints")
-    config = TextUnlearnConfig(seed=args.seed)
+    config = TextUnlearnConfig(**{"seed": args.seed, **args.overrides})
     new, info = unlearn(
         base, concepts, config, steps=args.steps, checkpoint_dir=checkpoints, resume=args.resume
     )

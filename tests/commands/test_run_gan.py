@@ -17,6 +17,9 @@ from erasure import run as cli
         (["--concept", "van gogh", "--anchor", "monet"], "takes no --anchor"),
         (["--concept", "van gogh", "--steps", "0"], "--steps must be a positive"),
         (["--concept", "van gogh", "--generator", "no-such-gan"], "canvas-gan not found in no-such-gan"),
+        (["--concept", "van gogh", "--config", "train=everything"], "train must be one of"),
+        (["--concept", "van gogh", "--config", "no_such_field=1"], "no_such_field"),
+        (["--concept", "van gogh", "--config", "train"], "must read field=value"),
     ],
 )
 def test_cli_bad_inputs_exit_2_without_output(tmp_path, capsys, argv, message):
@@ -58,3 +61,21 @@ def test_cli_unlearns_the_generator_it_is_given(tmp_path, capsys):
     assert cli.main([*argv, "--steps", "2", "--no-eval", "--out", str(out)]) == 0
     assert json.loads((out / "unlearning.json").read_text())["base"] == str(tmp_path / "small")
     assert load_generator(out / "generator").config == load_generator(tmp_path / "small").config
+
+
+def test_cli_config_sets_text_unlearn_fields(tmp_path):
+    """--config reaches TextUnlearnConfig: with train=mapping only the mapping network's weights move."""
+    import torch
+
+    from pipelines.stylegan import load_generator, save_generator
+    from tests.helpers import small_generator
+
+    save_generator(small_generator(), tmp_path / "small")
+    out = tmp_path / "run"
+    argv = ["--model", "canvas-gan", "--generator", str(tmp_path / "small"), "--concept", "van gogh"]
+    argv += ["--config", "train=mapping", "--config", "lr=0.5", "--steps", "2", "--no-eval"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    before = dict(load_generator(tmp_path / "small").named_parameters())
+    after = dict(load_generator(out / "generator").named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and all(n.startswith("mapping.") for n in moved)
