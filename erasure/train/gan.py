@@ -101,6 +101,13 @@ def spread_loss(logits: torch.Tensor) -> torch.Tensor:
     return per_sample - of_mean
 
 
+def reader_name(folder: Path) -> str:
+    """The reader's folder as the recipe records it: relative to the repository when it lies inside, so that a
+    checkpoint or a shipped generator names the same reader on every machine and in every clone."""
+    folder = folder.resolve()
+    return str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder)
+
+
 class ReaderLoss:
     """A frozen reader's cross-entropy against each fake's latent classes: canvas-clip's zero-shot style and
     object logits (summed over the other attribute, `CanvasClip.style_object_logits`) on the fakes, each shifted
@@ -369,8 +376,8 @@ def main(argv=None) -> Path:
     recipe = {k: getattr(args, k) for k in same}
     recipe["init_from"] = args.init_from.name if args.init_from else None
     recipe["reader"] = (
-        str(args.reader) if args.reader_weight > 0 else None
-    )  # another reader is another recipe
+        reader_name(args.reader) if args.reader_weight > 0 else None
+    )  # another reader, another recipe
     meta = {"recipe": recipe, "generator": config_to_json(g_config), "discriminator": asdict(d_config)}
 
     reader = ReaderLoss(CanvasClip(args.reader, device)) if args.reader_weight > 0 else None

@@ -191,3 +191,12 @@ def test_bad_reader_inputs_exit_with_one_sentence(tmp_path, capsys):
         main([*argv, "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "holds no canvas-clip" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_recipe_names_the_reader_relative_to_the_repository(tmp_path):
+    """A reader inside the repository is recorded by its relative path (the same on every clone); one outside keeps
+    its absolute path."""
+    from erasure.train.gan import ROOT, reader_name
+
+    assert reader_name(ROOT / "assets" / "canvas-clip") == "assets/canvas-clip"
+    assert reader_name(tmp_path / "clip") == str((tmp_path / "clip").resolve())
